@@ -1,0 +1,205 @@
+"""JSON and MessagePack on the wire, the way Alpaca writes them.
+
+Upstream always speaks MessagePack to the proxy.  An upstream frame is split once
+into its elements, each kept as its original bytes (so MessagePack clients get
+them byte for byte: timestamp extension -1 intact, ``T`` first, numbers
+untouched) next to the decoded message (for routing, and for rendering JSON once
+per element, shared by every JSON client).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator, Sequence
+
+import msgpack
+import orjson
+from attrs import define, field
+
+#: Python clients (websockets, default max_size) close with 1009 on anything larger.
+MAX_MESSAGE_BYTES = 1 << 20
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class DecodeError(ValueError):
+    """A payload that is neither valid JSON nor valid MessagePack."""
+
+
+def rfc3339(stamp: msgpack.Timestamp) -> str:
+    """Render a timestamp as Go's RFC3339Nano in UTC, the form Alpaca's JSON uses.
+
+    Up to nine fraction digits, trailing zeros trimmed, no fraction when zero.
+    """
+    moment = _EPOCH + timedelta(seconds=stamp.seconds)
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (
+        moment.year, moment.month, moment.day,
+        moment.hour, moment.minute, moment.second,
+    )
+    if stamp.nanoseconds:
+        text += ("." + "%09d" % stamp.nanoseconds).rstrip("0")
+    return text + "Z"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, msgpack.Timestamp):
+        return rfc3339(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError("cannot render %s as JSON" % type(value).__name__)
+
+
+def to_json(message: Any) -> bytes:
+    """One message (or array of them) as compact JSON, key order preserved."""
+    return orjson.dumps(message, default=_json_default)
+
+
+def to_msgpack(message: Any) -> bytes:
+    """One message (or array of them) as MessagePack, key order preserved."""
+    return msgpack.packb(message, use_bin_type=True, datetime=False)
+
+
+def decode(payload: bytes) -> Any:
+    """Decode a client's payload by its content, whatever the frame opcode.
+
+    C# sends JSON in binary frames and the Python SDKs send MessagePack, so the
+    opcode says nothing; the first byte does (``{``/``[`` is JSON).
+    """
+    head = payload.lstrip()[:1]
+    try:
+        if head in (b"{", b"["):
+            return orjson.loads(payload)
+        return msgpack.unpackb(payload, raw=False, timestamp=0)
+    except Exception as error:  # msgpack raises several unrelated types
+        raise DecodeError(str(error)) from None
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+@define(slots=True)
+class Element:
+    """One message from an upstream frame: decoded, and as its original bytes."""
+
+    message: dict[str, Any]
+    raw: bytes
+    _json: bytes | None = field(default=None, alias="_json")
+
+    @property
+    def json(self) -> bytes:
+        """The message rendered as JSON, computed once for all JSON clients."""
+        if self._json is None:
+            self._json = to_json(self.message)
+        return self._json
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> "Element":
+        """An element made locally (not spliced from upstream bytes)."""
+        return cls(message, to_msgpack(message))
+
+
+def split_frame(frame: bytes) -> list[Element]:
+    """Split an upstream MessagePack frame (an array of maps) into elements.
+
+    A lone map is taken as an array of one.  Anything else raises DecodeError.
+    """
+    unpacker = msgpack.Unpacker(raw=False, timestamp=0, max_buffer_size=len(frame) + 1)
+    unpacker.feed(frame)
+    try:
+        if frame[:1] and (0x80 <= frame[0] <= 0x8F or frame[0] in (0xDE, 0xDF)):
+            count = 1
+        else:
+            count = unpacker.read_array_header()
+        elements = []
+        start = unpacker.tell()
+        for _ in range(count):
+            message = unpacker.unpack()
+            end = unpacker.tell()
+            if not isinstance(message, dict):
+                raise DecodeError("frame element is not a map")
+            elements.append(Element(message, frame[start:end]))
+            start = end
+    except DecodeError:
+        raise
+    except Exception as error:
+        raise DecodeError(str(error)) from None
+    return elements
+
+
+def _chunks(parts: Sequence[bytes], overhead: int, separator: int) -> Iterator[Sequence[bytes]]:
+    """Group parts into runs whose framed size stays within MAX_MESSAGE_BYTES.
+
+    A single part larger than the limit still goes out, alone: it cannot be split.
+    """
+    start, size = 0, overhead
+    for index, part in enumerate(parts):
+        grown = size + len(part) + (separator if index > start else 0)
+        if grown > MAX_MESSAGE_BYTES and index > start:
+            yield parts[start:index]
+            start, grown = index, overhead + len(part)
+        size = grown
+    if start < len(parts):
+        yield parts[start:]
+
+
+class Encoding:
+    """How one client wants its frames: a name, a frame type, and an encoder."""
+
+    name: str
+    binary: bool
+
+    def encode(self, message: Any) -> bytes:
+        raise NotImplementedError
+
+    def frames(self, elements: Sequence[Element]) -> Iterator[bytes]:
+        """Arrays of elements, each array within MAX_MESSAGE_BYTES."""
+        raise NotImplementedError
+
+    def control(self, message: dict[str, Any]) -> bytes:
+        """A control message: always alone in an array of one."""
+        return self.encode([message])
+
+    def __repr__(self) -> str:
+        return "<Encoding %s>" % (self.name,)
+
+
+class _Json(Encoding):
+    name = "json"
+    binary = False
+
+    def encode(self, message: Any) -> bytes:
+        return to_json(message)
+
+    def frames(self, elements: Sequence[Element]) -> Iterator[bytes]:
+        parts = [element.json for element in elements]
+        for run in _chunks(parts, 2, 1):
+            yield b"[" + b",".join(run) + b"]"
+
+
+class _MsgPack(Encoding):
+    name = "msgpack"
+    binary = True
+
+    def encode(self, message: Any) -> bytes:
+        return to_msgpack(message)
+
+    def frames(self, elements: Sequence[Element]) -> Iterator[bytes]:
+        parts = [element.raw for element in elements]
+        for run in _chunks(parts, 5, 0):
+            yield _array_header(len(run)) + b"".join(run)
+
+
+JSON: Encoding = _Json()
+MSGPACK: Encoding = _MsgPack()
+
+
+def encoding_for(content_type: str | None) -> Encoding:
+    """The encoding a client asked for with its upgrade ``Content-Type``."""
+    if content_type and "msgpack" in content_type.lower():
+        return MSGPACK
+    return JSON

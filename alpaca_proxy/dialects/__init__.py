@@ -1,0 +1,1 @@
+"""Pure translation between wire messages and the proxy's requests and events."""

@@ -1,0 +1,228 @@
+"""Alpaca's market-data stream protocol, as pure translation.
+
+Client messages become ``Auth`` or ``Change`` requests (or a ``ProtocolError``
+carrying Alpaca's error code); states become ``subscription`` acks; upstream data
+messages yield their routing keys.  Nothing here knows about sockets or time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+from attrs import field, frozen
+
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.paths import CRYPTO, NEWS, OPTIONS, STOCKS
+
+WILDCARD = "*"
+
+#: Alpaca's error texts; Go compares code *and* text, so they must be exact.
+ERRORS: Mapping[int, str] = {
+    400: "invalid syntax",
+    401: "not authenticated",
+    402: "auth failed",
+    403: "already authenticated",
+    404: "auth timeout",
+    405: "symbol limit exceeded",
+    406: "connection limit exceeded",
+    407: "slow client",
+    408: "v2 not enabled",
+    409: "insufficient subscription",
+    410: "invalid subscribe action for this feed",
+    411: "insufficient scope",
+    412: "option messages are only available in MsgPack format",
+    413: "star subscription is not allowed for option quotes",
+    500: "internal error",
+}
+
+#: Channel -> ``T`` codes, per endpoint kind.  ``c``/``x`` ride on ``trades``.
+_TYPES: Mapping[str, Mapping[str, str]] = {
+    STOCKS: {
+        "t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars",
+        "d": "dailyBars", "s": "statuses", "l": "lulds", "i": "imbalances",
+        "c": "trades", "x": "trades",
+    },
+    CRYPTO: {
+        "t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars",
+        "d": "dailyBars", "o": "orderbooks", "p": "pricing",
+    },
+    OPTIONS: {"t": "trades", "q": "quotes"},
+    NEWS: {"n": "news"},
+}
+
+#: Keys of the ``subscription`` ack, in Alpaca's order.
+_ACK_KEYS: Mapping[str, tuple[str, ...]] = {
+    STOCKS: ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses",
+             "lulds", "corrections", "cancelErrors"),
+    CRYPTO: ("trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars"),
+    OPTIONS: ("trades", "quotes"),
+    NEWS: ("news",),
+}
+
+#: Channels listed in an ack only when something is subscribed on them.
+_OPTIONAL_ACK_KEYS: Mapping[str, tuple[str, ...]] = {
+    STOCKS: ("imbalances",),
+    CRYPTO: ("pricing",),
+    OPTIONS: (),
+    NEWS: (),
+}
+
+#: Every channel name any Alpaca endpoint knows; others are ignored as unknown.
+_ALL_CHANNELS = frozenset(
+    name for types in _TYPES.values() for name in types.values()
+) | {"corrections", "cancelErrors"}
+
+#: Implicit channels that mirror ``trades`` on stocks; accepted and ignored there.
+_MIRRORS = ("corrections", "cancelErrors")
+
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9./:_\-]{0,63}")
+
+#: A state: channel -> ordered set of symbols (a dict, for insertion order).
+State = dict[str, dict[str, None]]
+
+
+class ProtocolError(Exception):
+    """A client message refused with one of Alpaca's error codes."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code, ERRORS[code])
+        self.code = code
+
+
+@frozen
+class Auth:
+    """An ``auth`` request."""
+
+    credentials: Credentials
+
+
+@frozen
+class Change:
+    """A ``subscribe`` or ``unsubscribe`` request: channel -> symbols."""
+
+    action: str
+    channels: Mapping[str, tuple[str, ...]] = field(factory=dict)
+
+
+def error(code: int) -> dict[str, Any]:
+    """Alpaca's error message for a code."""
+    return {"T": "error", "code": code, "msg": ERRORS[code]}
+
+
+WELCOME = {"T": "success", "msg": "connected"}
+AUTHENTICATED = {"T": "success", "msg": "authenticated"}
+
+
+class AlpacaDataDialect:
+    """The market-data protocol of one kind of endpoint (stocks, crypto, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._types = _TYPES[kind]
+        self.channels = frozenset(self._types.values())
+        self._ack_keys = _ACK_KEYS[kind]
+        self._optional_ack_keys = _OPTIONAL_ACK_KEYS[kind]
+
+    def __repr__(self) -> str:
+        return "<AlpacaDataDialect %s>" % (self.kind,)
+
+    # -- client -> proxy -----------------------------------------------------
+
+    def parse(self, message: Any) -> Auth | Change:
+        """Turn one decoded client message into a request, or raise ProtocolError."""
+        if not isinstance(message, dict):
+            raise ProtocolError(400)
+        action = message.get("action")
+        if action == "auth":
+            key, secret = message.get("key"), message.get("secret")
+            if not isinstance(key, str) or not isinstance(secret, str):
+                raise ProtocolError(400)
+            return Auth(Credentials(key, secret))
+        if action in ("subscribe", "unsubscribe"):
+            return Change(action, self._channels(message))
+        raise ProtocolError(400)
+
+    def _channels(self, message: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        channels: dict[str, tuple[str, ...]] = {}
+        refused = False
+        for name, value in message.items():
+            if name == "action" or name not in _ALL_CHANNELS:
+                continue
+            symbols = _symbols(value)
+            if name in self.channels:
+                if symbols:
+                    channels[name] = symbols
+            elif symbols and not (self.kind == STOCKS and name in _MIRRORS):
+                refused = True
+        # Syntax errors outrank a channel the feed lacks: every value was checked.
+        if refused:
+            raise ProtocolError(410)
+        if self.kind == OPTIONS and WILDCARD in channels.get("quotes", ()):
+            raise ProtocolError(413)
+        return channels
+
+    # -- proxy -> client -----------------------------------------------------
+
+    def ack(self, state: State) -> dict[str, Any]:
+        """The ``subscription`` message listing a whole state, Alpaca's key set."""
+        message: dict[str, Any] = {"T": "subscription"}
+        for name in self._ack_keys:
+            source = "trades" if name in _MIRRORS else name
+            message[name] = list(state.get(source, ()))
+        for name in self._optional_ack_keys:
+            if state.get(name):
+                message[name] = list(state[name])
+        return message
+
+    # -- upstream ------------------------------------------------------------
+
+    def request(self, action: str, keys: Iterable[tuple[str, str]]) -> dict[str, Any]:
+        """The upstream (un)subscribe message for a set of (channel, symbol) keys."""
+        message: dict[str, Any] = {"action": action}
+        for channel, symbol in keys:
+            message.setdefault(channel, []).append(symbol)
+        return message
+
+    def acked_keys(self, message: Mapping[str, Any]) -> set[tuple[str, str]]:
+        """The (channel, symbol) keys an upstream ``subscription`` message lists."""
+        keys = set()
+        for channel in self.channels:
+            symbols = message.get(channel)
+            if isinstance(symbols, list):
+                keys.update((channel, s) for s in symbols if isinstance(s, str))
+        return keys
+
+    def routing(self, message: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+        """A data message's channel and the symbols it concerns.
+
+        News is keyed by every entry of ``symbols`` (none: only ``*`` gets it).
+        Unknown types give channel ``None`` and go nowhere.
+        """
+        channel = self._types.get(message.get("T"))  # type: ignore[arg-type]
+        if channel is None:
+            return None, ()
+        if self.kind == NEWS:
+            symbols = message.get("symbols") or ()
+            return channel, tuple(s for s in symbols if isinstance(s, str))
+        symbol = message.get("S")
+        return channel, (symbol,) if isinstance(symbol, str) else ()
+
+
+def _symbols(value: Any) -> tuple[str, ...]:
+    """A channel's symbol list; ``None`` and ``[]`` mean nothing, bad ones are 400."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ProtocolError(400)
+    for symbol in value:
+        if not isinstance(symbol, str) or not (
+            symbol == WILDCARD or _SYMBOL.fullmatch(symbol)
+        ):
+            raise ProtocolError(400)
+    return tuple(dict.fromkeys(value))
+
+
+DIALECTS: Mapping[str, AlpacaDataDialect] = {
+    kind: AlpacaDataDialect(kind) for kind in (STOCKS, CRYPTO, OPTIONS, NEWS)
+}

@@ -1,0 +1,72 @@
+"""Which upstream endpoint a local websocket path stands for.
+
+Clients only change the host part of their stream URL, so the proxy accepts the
+paths each SDK builds (see ``downstream.py``) and maps them to the upstream path
+they would have dialled at Alpaca.
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+STOCKS = "stocks"
+CRYPTO = "crypto"
+NEWS = "news"
+OPTIONS = "options"
+
+#: Go SDK bare feed paths (``stream.WithBaseURL`` with a bare proxy base).
+_BARE_STOCK_FEEDS = {"iex", "sip", "delayed_sip", "boats", "overnight", "test", "otc"}
+_BARE_CRYPTO_LOCATIONS = {"us", "us-1", "us-2", "eu-1", "bs-1"}
+_OPTION_FEEDS = {"indicative", "opra"}
+
+_NAME = r"[A-Za-z0-9_\-]+"
+_RULES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(rf"/v2/({_NAME})"), STOCKS, "/v2/{0}"),
+    (re.compile(r"/v1beta1/(boats|overnight)"), STOCKS, "/v1beta1/{0}"),
+    (re.compile(rf"/v1beta3/crypto/({_NAME})"), CRYPTO, "/v1beta3/crypto/{0}"),
+    (re.compile(r"/v1beta1/news"), NEWS, "/v1beta1/news"),
+    (re.compile(r"/v1beta1/(indicative|opra)"), OPTIONS, "/v1beta1/{0}"),
+]
+
+
+@frozen
+class Endpoint:
+    """An upstream market-data endpoint: its kind and its path on the data host."""
+
+    kind: str
+    path: str
+
+    @property
+    def feed(self) -> str:
+        """The last path segment (``iex``, ``us``, ``opra``, ``news``)."""
+        return self.path.rsplit("/", 1)[-1]
+
+
+def normalize(raw_path: str) -> str:
+    """Drop the query string, collapse doubled slashes and any trailing slash."""
+    path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    path = re.sub(r"/{2,}", "/", path)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    return path or "/"
+
+
+def resolve(raw_path: str, default_feed: str) -> Endpoint | None:
+    """The upstream endpoint a local request path asks for, or ``None``."""
+    path = normalize(raw_path)
+    if path == "/":
+        return Endpoint(STOCKS, "/v2/" + default_feed)
+    for pattern, kind, template in _RULES:
+        match = pattern.fullmatch(path)
+        if match:
+            return Endpoint(kind, template.format(*match.groups()))
+    bare = path[1:]
+    if bare in _BARE_STOCK_FEEDS:
+        return Endpoint(STOCKS, "/v2/" + bare)
+    if bare in _BARE_CRYPTO_LOCATIONS:
+        return Endpoint(CRYPTO, "/v1beta3/crypto/" + bare)
+    if bare in _OPTION_FEEDS:
+        return Endpoint(OPTIONS, "/v1beta1/" + bare)
+    return None

@@ -1,0 +1,235 @@
+"""Unit tests for the pure subscription router."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from alpaca_proxy.dialects.alpaca_data import Change
+from alpaca_proxy.router import Router, applied, keys_of
+
+
+class FakeClient:
+    """Records what the router tells a client."""
+
+    def __init__(self, name):
+        self.name = name
+        self.acks = []
+        self.errors = []
+
+    def acknowledge(self, state):
+        self.acks.append({channel: list(symbols) for channel, symbols in state.items()})
+
+    def refuse(self, code):
+        self.errors.append(code)
+
+    def __repr__(self):
+        return "<FakeClient %s>" % (self.name,)
+
+
+class FakeLink:
+    """Records what the router sends upstream."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_change(self, action, keys):
+        self.sent.append((action, sorted(keys)))
+
+
+def sub(**channels):
+    return Change("subscribe", {name: tuple(symbols) for name, symbols in channels.items()})
+
+
+def unsub(**channels):
+    return Change("unsubscribe", {name: tuple(symbols) for name, symbols in channels.items()})
+
+
+class StateTests(SynchronousTestCase):
+    def test_subscribe_adds_and_unsubscribe_subtracts(self):
+        """subscribe is a union, unsubscribe a difference; empty channels vanish."""
+        state = applied({}, sub(trades=["A", "B"], quotes=["A"]))
+        state = applied(state, unsub(trades=["B"], quotes=["A"], bars=["Z"]))
+        self.assertEqual(state, {"trades": {"A": None}})
+
+    def test_duplicates_are_harmless(self):
+        """Subscribing a symbol twice keeps it once, in first-seen order."""
+        state = applied({"trades": {"B": None}}, sub(trades=["A", "B", "A"]))
+        self.assertEqual(list(state["trades"]), ["B", "A"])
+
+
+class RouterTests(SynchronousTestCase):
+    def setUp(self):
+        self.router = Router()
+        self.link = FakeLink()
+        self.a, self.b = FakeClient("a"), FakeClient("b")
+        self.router.attach(self.a)
+        self.router.attach(self.b)
+
+    def ready(self):
+        self.router.upstream_ready(self.link)
+
+    def test_requests_before_upstream_are_answered_at_once(self):
+        """With no upstream, a request is acknowledged from local state, nothing is sent."""
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.assertEqual(self.a.acks, [{"trades": ["AAPL"]}])
+        self.assertEqual(self.link.sent, [])
+
+    def test_union_sent_when_upstream_becomes_ready(self):
+        """On (re)authentication the whole union goes upstream in one message."""
+        self.router.request(self.a, sub(trades=["AAPL"], bars=["*"]))
+        self.router.request(self.b, sub(trades=["AAPL", "MSFT"]))
+        self.ready()
+        self.assertEqual(
+            self.link.sent,
+            [("subscribe", [("bars", "*"), ("trades", "AAPL"), ("trades", "MSFT")])],
+        )
+
+    def test_new_key_waits_for_upstream_ack(self):
+        """A request adding a key upstream lacks is acknowledged only after upstream's ack."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.assertEqual(self.link.sent, [("subscribe", [("trades", "AAPL")])])
+        self.assertEqual(self.a.acks, [])
+        self.assertEqual(self.router.recipients("trades", ["AAPL"]), set())
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.assertEqual(self.a.acks, [{"trades": ["AAPL"]}])
+        self.assertEqual(self.router.recipients("trades", ["AAPL"]), {self.a})
+
+    def test_second_subscriber_sends_nothing_upstream(self):
+        """A symbol already held upstream is not re-requested and is acknowledged at once."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.request(self.b, sub(trades=["AAPL"]))
+        self.assertEqual(len(self.link.sent), 1)
+        self.assertEqual(self.b.acks, [{"trades": ["AAPL"]}])
+
+    def test_joiner_of_in_flight_key_waits_for_the_same_ack(self):
+        """A client asking for a key still in flight waits for upstream, sending nothing."""
+        self.ready()
+        self.router.request(self.a, sub(quotes=["NVDA"]))
+        self.router.request(self.b, sub(quotes=["NVDA"]))
+        self.assertEqual(len(self.link.sent), 1)
+        self.assertEqual(self.b.acks, [])
+        self.router.upstream_acked({("quotes", "NVDA")})
+        self.assertEqual(self.b.acks, [{"quotes": ["NVDA"]}])
+
+    def test_unsubscribe_only_when_nobody_wants_it(self):
+        """A key leaves upstream when its last client drops it, not before."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.request(self.b, sub(trades=["AAPL"]))
+        self.router.request(self.a, unsub(trades=["AAPL"]))
+        self.assertEqual(len(self.link.sent), 1)
+        self.assertEqual(self.a.acks[-1], {})
+        self.router.detach(self.b)
+        self.assertEqual(self.link.sent[-1], ("unsubscribe", [("trades", "AAPL")]))
+
+    def test_unsubscribe_stops_data_at_once(self):
+        """No data reaches a client after the ack that removed its symbol."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.request(self.a, unsub(trades=["AAPL"]))
+        self.assertEqual(self.router.recipients("trades", ["AAPL"]), set())
+
+    def test_upstream_error_goes_to_the_requester_and_rolls_back_only_it(self):
+        """A 405 from upstream refuses the asking client; its state and others' stay."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.request(self.b, sub(trades=["X1", "X2"]))
+        refused = self.router.upstream_refused(405)
+        self.assertIs(refused, self.b)
+        self.assertEqual(self.b.errors, [405])
+        self.assertEqual(self.b.acks, [])
+        self.assertEqual(self.router.state(self.b), {})
+        self.assertEqual(self.router.state(self.a), {"trades": {"AAPL": None}})
+        self.assertEqual(self.router.wanted, {("trades", "AAPL")})
+        self.assertEqual(len(self.link.sent), 1 + 1)
+
+    def test_waiter_on_refused_request_is_asked_for_again(self):
+        """When the request a client piggybacked on fails, its keys go up on its own behalf."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["A1", "A2"]))
+        self.router.request(self.b, sub(trades=["A1"]))
+        self.router.upstream_refused(405)
+        self.assertEqual(self.a.errors, [405])
+        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "A1")]))
+        self.router.upstream_refused(405)
+        self.assertEqual(self.b.errors, [405])
+        self.assertEqual(self.router.wanted, set())
+
+    def test_refused_union_is_not_retried_in_a_loop(self):
+        """If upstream refuses the union after a reconnect, it is not re-sent forever."""
+        self.router.request(self.a, sub(trades=["A"]))
+        self.ready()
+        self.router.upstream_refused(405)
+        self.assertEqual(len(self.link.sent), 1)
+
+    def test_client_requests_are_handled_in_order(self):
+        """A second request waits for the first; each gets its own ack in order."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.request(self.a, unsub(trades=["AAPL"]))
+        self.assertEqual(self.a.acks, [])
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.assertEqual(self.a.acks, [{"trades": ["AAPL"]}, {}])
+        self.assertEqual(self.link.sent[-1], ("unsubscribe", [("trades", "AAPL")]))
+
+    def test_upstream_loss_answers_waiting_requests(self):
+        """If upstream drops, waiting clients are answered from local state at once."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_lost()
+        self.assertEqual(self.a.acks, [{"trades": ["AAPL"]}])
+        self.router.upstream_ready(self.link)
+        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "AAPL")]))
+
+    def test_detach_releases_subscriptions(self):
+        """A disconnecting client's keys are unsubscribed upstream if nobody else wants them."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"], quotes=["MSFT"]))
+        self.router.upstream_acked({("trades", "AAPL"), ("quotes", "MSFT")})
+        self.router.detach(self.a)
+        self.assertEqual(
+            self.link.sent[-1], ("unsubscribe", [("quotes", "MSFT"), ("trades", "AAPL")])
+        )
+        self.assertEqual(self.router.route([("trades", ["AAPL"])]), {})
+
+    def test_resubscribe_while_unsubscribe_in_flight(self):
+        """A key re-added while its removal is in flight is asked for again and awaited."""
+        self.ready()
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.request(self.a, unsub(trades=["AAPL"]))
+        self.router.request(self.b, sub(trades=["AAPL"]))
+        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "AAPL")]))
+        self.router.upstream_acked(set())
+        self.assertEqual(self.b.acks, [])
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.assertEqual(self.b.acks, [{"trades": ["AAPL"]}])
+
+    def test_route_wildcard_and_symbols_once_each(self):
+        """``*`` matches every symbol; a client gets each message at most once, in order."""
+        self.router.request(self.a, sub(trades=["*", "AAPL"]))
+        self.router.request(self.b, sub(trades=["MSFT"], quotes=["AAPL"]))
+        routed = self.router.route(
+            [("trades", ["AAPL"]), ("quotes", ["AAPL"]), ("trades", ["MSFT"]), (None, ())]
+        )
+        self.assertEqual(routed, {self.a: [0, 2], self.b: [1, 2]})
+
+    def test_news_by_any_symbol(self):
+        """A story goes to clients of any of its symbols; none only to ``*``."""
+        self.router.request(self.a, sub(news=["AAPL"]))
+        self.router.request(self.b, sub(news=["*"]))
+        self.assertEqual(
+            self.router.route([("news", ["TSLA", "AAPL"]), ("news", [])]),
+            {self.a: [0], self.b: [0, 1]},
+        )
+
+    def test_keys_of(self):
+        """keys_of lists (channel, symbol) pairs."""
+        self.assertEqual(
+            keys_of({"trades": {"A": None}, "bars": {"*": None}}),
+            {("trades", "A"), ("bars", "*")},
+        )
