@@ -1,0 +1,226 @@
+"""The proxy as Alpaca's market-data server, for local clients.
+
+What a client sees (the local wire protocol):
+
+- Upgrade on any path ``paths.resolve`` knows (query strings and doubled
+  slashes are fine); any other path is refused with HTTP 404.  The upgrade's
+  ``Content-Type: application/msgpack`` selects MessagePack in binary frames,
+  anything else JSON in text frames.  Client payloads are decoded by content,
+  whatever their frame type, and may be fragmented.
+- ``[{"T":"success","msg":"connected"}]`` comes first, even if the client's
+  ``auth`` was already on its way.  Credentials come by ``auth`` message, or on
+  the upgrade as ``APCA-API-KEY-ID``/``APCA-API-SECRET-KEY`` or HTTP Basic.
+  Answers: ``authenticated``, or errors 402 (wrong pair), 403 (again), 404 (no
+  auth within the deadline; the socket is then closed), 401 (subscribing first);
+  upstream's 409/411 are passed on.  Messages that arrive while the verdict is
+  pending are answered after it, in order.
+- ``subscribe``/``unsubscribe`` add to / remove from the client's own state;
+  each is answered by one ``subscription`` message listing that whole state,
+  before any data it unlocks.  400/405/410/413 refuse a request and leave the
+  state as it was.
+- Data frames are arrays of the upstream messages the client's state matches,
+  in upstream order, each at most once, at most 1 MiB per frame.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from alpaca_proxy import __version__, codec, paths
+from alpaca_proxy.credentials import header_credentials
+from alpaca_proxy.dialects.alpaca_data import (
+    AUTHENTICATED, DIALECTS, WELCOME, Auth, ProtocolError, error,
+)
+
+#: Messages a client may send while its auth verdict is pending.
+MAX_BACKLOG = 64
+#: Largest message a client may send (thousands of symbols fit easily).
+MAX_CLIENT_MESSAGE = 16 << 20
+
+
+class DownstreamProtocol(WebSocketServerProtocol):
+    """One local client: frames in, router calls out; acks and data back."""
+
+    _log = Logger()
+
+    def onConnect(self, request):
+        endpoint = paths.resolve(request.path, self.factory.default_feed)
+        if endpoint is None:
+            self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
+                           path=request.path)
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
+        self.endpoint = endpoint
+        self.dialect = DIALECTS[endpoint.kind]
+        self.encoding = codec.encoding_for(request.headers.get("content-type"))
+        self.peer_name = request.peer
+        self.session = None
+        self._header_credentials = header_credentials(request.headers)
+        self._authenticating = False
+        self._backlog: deque[Any] = deque()
+        self._deadline = None
+        return None
+
+    def onOpen(self):
+        try:
+            self._log.info("client {peer} connected to {path} ({encoding})", peer=self.peer_name,
+                           path=self.endpoint.path, encoding=self.encoding.name)
+            self.factory.clients.add(self)
+            self.send_control(WELCOME)
+            self._deadline = self.factory.clock.callLater(
+                self.factory.auth_timeout, self._auth_timed_out)
+            if self._header_credentials is not None:
+                self._authenticate(self._header_credentials)
+        except Exception:
+            self._log.failure("opening client {peer}", peer=self.peer_name)
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload, isBinary):
+        try:
+            message = codec.decode(payload)
+        except codec.DecodeError as failure:
+            self._bad_input(400, "undecodable payload: %s" % (failure,))
+            return
+        messages = message if isinstance(message, list) and message else [message]
+        for each in messages:
+            self._handle(each)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.clients.discard(self)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if getattr(self, "session", None) is not None:
+            self.factory.pool.leave(self.session, self)
+            self.session = None
+            self._log.info("client {peer} left {path}: code={code}", peer=self.peer_name,
+                           path=self.endpoint.path, code=code)
+
+    # -- requests --------------------------------------------------------------
+
+    def _handle(self, message: Any) -> None:
+        if self._authenticating:
+            if len(self._backlog) >= MAX_BACKLOG:
+                self._bad_input(400, "too many messages before the auth verdict")
+                return
+            self._backlog.append(message)
+            return
+        try:
+            request = self.dialect.parse(message)
+        except ProtocolError as refused:
+            self._bad_input(refused.code, "refused request")
+            return
+        if isinstance(request, Auth):
+            if self.session is not None:
+                self.send_control(error(403))
+            else:
+                self._authenticate(request.credentials)
+        elif self.session is None:
+            self.send_control(error(401))
+        else:
+            self.session.router.request(self, request)
+
+    def _bad_input(self, code: int, why: str) -> None:
+        self._log.info("client {peer} on {path}: {code} ({why})", peer=self.peer_name,
+                       path=self.endpoint.path, code=code, why=why)
+        self.send_control(error(code))
+
+    def _authenticate(self, credentials) -> None:
+        self._authenticating = True
+        verdict = self.factory.pool.authenticate(self.endpoint, credentials)
+        verdict.addCallbacks(self._authenticated, self._auth_failed)
+        verdict.addErrback(lambda f: self._log.failure("auth of {peer}", f, peer=self.peer_name))
+
+    def _authenticated(self, session) -> None:
+        self._authenticating = False
+        if not self._sendable:
+            return
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self.session = session
+        self.factory.pool.join(session, self)
+        self._log.info("client {peer} authenticated on {path} as {key}", peer=self.peer_name,
+                       path=self.endpoint.path, key=session.credentials.key)
+        self.send_control(AUTHENTICATED)
+        self._drain()
+
+    def _auth_failed(self, failure) -> None:
+        self._authenticating = False
+        if failure.check(ProtocolError):
+            code = failure.value.code
+        else:
+            self._log.failure("auth of {peer}", failure, peer=self.peer_name)
+            code = 500
+        if not self._sendable:
+            return
+        self._log.info("client {peer} on {path}: auth refused with {code}", peer=self.peer_name,
+                       path=self.endpoint.path, code=code)
+        self.send_control(error(code))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._backlog and not self._authenticating:
+            self._handle(self._backlog.popleft())
+
+    def _auth_timed_out(self) -> None:
+        if self.session is None:
+            self._log.info("client {peer}: auth timeout", peer=self.peer_name)
+            self.send_control(error(404))
+            self.sendClose(1000, "auth timeout")
+
+    # -- called by the router and the session ------------------------------------
+
+    @property
+    def _sendable(self) -> bool:
+        return self.state == WebSocketProtocol.STATE_OPEN
+
+    def send_control(self, message: dict) -> None:
+        if self._sendable:
+            self.sendMessage(self.encoding.control(message), self.encoding.binary)
+
+    def acknowledge(self, state) -> None:
+        """The router confirmed a state: send the full ``subscription`` ack."""
+        self.send_control(self.dialect.ack(state))
+
+    def refuse(self, code: int) -> None:
+        """The router refused a request (an upstream error): pass it on."""
+        self._log.info("client {peer} on {path}: request refused upstream with {code}",
+                       peer=self.peer_name, path=self.endpoint.path, code=code)
+        self.send_control(error(code))
+
+    def upstream_refused(self, code: int) -> None:
+        """Upstream refused the account this client shares: tell it and hang up."""
+        self.send_control(error(code))
+        self.sendClose(1008, "upstream refused credentials")
+
+    def prepare(self, payload: bytes, binary: bool) -> Any:
+        return self.factory.prepareMessage(payload, binary)
+
+    def send_prepared(self, prepared: Any) -> None:
+        if self._sendable:
+            self.sendPreparedMessage(prepared)
+
+
+class DownstreamFactory(WebSocketServerFactory):
+    """Local clients' websocket server."""
+
+    protocol = DownstreamProtocol
+
+    def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
+                 auth_timeout: float = 10.0) -> None:
+        super().__init__(server="alpaca-proxy/%s" % (__version__,))
+        self.setProtocolOptions(
+            maxMessagePayloadSize=MAX_CLIENT_MESSAGE,
+            maxFramePayloadSize=MAX_CLIENT_MESSAGE,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+        self.pool = pool
+        self.clock = clock
+        self.default_feed = default_feed
+        self.auth_timeout = auth_timeout
+        self.clients: set[DownstreamProtocol] = set()

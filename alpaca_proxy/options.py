@@ -1,0 +1,115 @@
+"""Command-line options; each may also come from an environment variable.
+
+Precedence: command line, then environment, then the default.  Credentials come
+only from the environment (never argv, where ``ps`` shows them).  The upstream
+is never read from ``APCA_API_STREAM_URL``: clients use that variable to point
+at the proxy, so reading it would loop the proxy onto itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+from hyperlink import URL
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from alpaca_proxy.credentials import Credentials
+
+#: option name -> environment variable
+ENVIRONMENT = {
+    "listen": "ALPACA_PROXY_LISTEN",
+    "data-url": "ALPACA_PROXY_DATA_URL",
+    "trading-url": "ALPACA_PROXY_TRADING_URL",
+    "feed": "ALPACA_PROXY_FEED",
+    "linger": "ALPACA_PROXY_LINGER",
+    "auth-timeout": "ALPACA_PROXY_AUTH_TIMEOUT",
+    "sim-rate": "ALPACA_PROXY_SIM_RATE",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Hold one upstream Alpaca market-data websocket per endpoint and serve it to any"
+        " number of local clients.  Credentials come from APCA_API_KEY_ID and"
+        " APCA_API_SECRET_KEY; without them, clients' own credentials are used."
+    )
+
+    optParameters = [
+        ["listen", "l", "tcp:8765:interface=127.0.0.1",
+         "Twisted server endpoint for local clients [env ALPACA_PROXY_LISTEN]."],
+        ["data-url", None, "wss://stream.data.alpaca.markets",
+         "Upstream market-data base URL (ws:// or wss://) [env ALPACA_PROXY_DATA_URL]."],
+        ["trading-url", None, "wss://paper-api.alpaca.markets",
+         "Upstream trading-stream base URL [env ALPACA_PROXY_TRADING_URL]."],
+        ["feed", None, "iex",
+         "Stock feed served at / [env ALPACA_PROXY_FEED; IS_PRO=true means sip]."],
+        ["linger", None, 30.0,
+         "Seconds an upstream stays open after its last client leaves"
+         " [env ALPACA_PROXY_LINGER].", float],
+        ["auth-timeout", None, 10.0,
+         "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT].", float],
+        ["sim-rate", None, 2.0,
+         "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE].", float],
+    ]
+
+    optFlags = [
+        ["simulate", None,
+         "Serve a built-in simulated market instead of Alpaca [env ALPACA_PROXY_SIMULATE=true]."],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+        for name, variable in ENVIRONMENT.items():
+            value = self._environ.get(variable)
+            if value:
+                self[name] = value
+        if self._environ.get("IS_PRO", "").strip().lower() in _TRUE and not self._environ.get(
+                ENVIRONMENT["feed"]):
+            self["feed"] = "sip"
+        if self._environ.get("ALPACA_PROXY_SIMULATE", "").strip().lower() in _TRUE:
+            self["simulate"] = 1
+
+    def postOptions(self) -> None:
+        for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001)):
+            self[name] = _number(name, self[name], minimum)
+        _check_listen(self["listen"])
+        for name in ("data-url", "trading-url"):
+            self[name] = _check_url(name, self[name])
+        if not re.fullmatch(r"[a-z_]+", self["feed"]):
+            raise usage.UsageError("--feed: not a feed name: %r" % (self["feed"],))
+        self["credentials"] = Credentials.from_environment(self._environ)
+
+
+def _number(name: str, value: object, minimum: float) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise usage.UsageError("--%s: not a number: %r" % (name, value)) from None
+    if not number >= minimum:
+        raise usage.UsageError("--%s: must be at least %s" % (name, minimum))
+    return number
+
+
+def _check_listen(description: str) -> None:
+    try:
+        # Parsing needs no running reactor; nothing listens yet.
+        serverFromString(None, description)
+    except Exception as problem:
+        raise usage.UsageError("--listen: bad endpoint %r: %s" % (description, problem)) from None
+
+
+def _check_url(name: str, value: str) -> str:
+    try:
+        url = URL.from_text(value)
+    except Exception:
+        raise usage.UsageError("--%s: not a URL: %r" % (name, value)) from None
+    if url.scheme not in ("ws", "wss") or not url.host:
+        raise usage.UsageError("--%s: must be a ws:// or wss:// URL, got %r" % (name, value))
+    return value.rstrip("/")

@@ -1,0 +1,155 @@
+"""Upstream sessions, one per (account, endpoint), opened and closed on demand.
+
+Local auth rules:
+
+- With credentials configured, a client must present exactly that pair (compared
+  in constant time) or gets 402; every client shares the configured account.
+- With none configured, a client's pair opens an upstream session for its key
+  and upstream's verdict is the answer; later clients presenting the same pair
+  share it, another secret for the same key gets 402.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
+from alpaca_proxy.paths import Endpoint
+from alpaca_proxy.upstream import UpstreamService, UpstreamSession
+
+#: How long a locally verified client waits for upstream's own verdict before
+#: it is told ``authenticated`` anyway (Go clients give up after 3 s).
+VERDICT_WAIT = 2.5
+
+
+class UpstreamPool(MultiService):
+    """Creates, shares and retires upstream sessions; a child service each."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        data_url: Callable[[], str],
+        credentials: Credentials | None = None,
+        linger: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._data_url = data_url
+        self._credentials = credentials
+        self._linger = linger
+        self._sessions: dict[tuple[str, str], UpstreamService] = {}
+        self._retirements: dict[UpstreamSession, Any] = {}
+
+    @property
+    def sessions(self) -> list[UpstreamSession]:
+        return [service.session for service in self._sessions.values()]
+
+    def authenticate(self, endpoint: Endpoint, credentials: Credentials) -> Deferred:
+        """A Deferred firing with the session a client may join, or ProtocolError."""
+        configured = self._credentials
+        if configured is not None and not configured.matches(credentials):
+            return fail(ProtocolError(402))
+        service = self._sessions.get((credentials.key, endpoint.path))
+        if service is not None and not service.session.credentials.matches(credentials):
+            return fail(ProtocolError(402))
+        if service is None:
+            service = self._open(endpoint, configured or credentials)
+        session = service.session
+        verdict = session.verdict()
+        if configured is not None and not verdict.called:
+            # Locally verified: don't keep the client waiting on a slow upstream.
+            verdict = _first(verdict, VERDICT_WAIT, self._reactor)
+
+        def settled(outcome: Any) -> Any:
+            # The client joins (cancelling this) unless it failed or left meanwhile.
+            self._maybe_retire(session)
+            return outcome
+
+        return verdict.addBoth(settled).addCallback(lambda _: session)
+
+    def join(self, session: UpstreamSession, client: Any) -> None:
+        """Attach an authenticated client to its session."""
+        pending = self._retirements.pop(session, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+        session.attach(client)
+
+    def leave(self, session: UpstreamSession, client: Any) -> None:
+        """Detach a client; the session lingers, then closes if nobody came back."""
+        session.detach(client)
+        self._maybe_retire(session)
+
+    def _open(self, endpoint: Endpoint, credentials: Credentials) -> UpstreamService:
+        session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
+                                  clock=self._reactor)
+        session.on_refused = self._refused
+        url = self._data_url().rstrip("/") + endpoint.path
+        service = UpstreamService(session, url, self._reactor)
+        self._sessions[(credentials.key, endpoint.path)] = service
+        self._log.info("opening upstream {url} for key {key}", url=url, key=credentials.key)
+        service.setServiceParent(self)
+        return service
+
+    def _maybe_retire(self, session: UpstreamSession) -> None:
+        if len(session.router) or session in self._retirements:
+            return
+        self._retirements[session] = self._reactor.callLater(
+            self._linger, self._retire, session)
+
+    def _retire(self, session: UpstreamSession) -> Deferred:
+        self._retirements.pop(session, None)
+        if len(session.router):
+            return succeed(None)
+        key = (session.credentials.key, session.endpoint.path)
+        service = self._sessions.get(key)
+        if service is None or service.session is not session:
+            return succeed(None)
+        del self._sessions[key]
+        self._log.info("closing idle upstream {path} ({key})", path=session.endpoint.path,
+                       key=session.credentials.key)
+        return service.disownServiceParent() or succeed(None)
+
+    def _refused(self, session: UpstreamSession, code: int) -> None:
+        """Upstream refused the account: stop dialling, tell the clients, forget it."""
+        for client in list(session.router.clients):
+            client.upstream_refused(code)
+        key = (session.credentials.key, session.endpoint.path)
+        service = self._sessions.get(key)
+        if service is not None and service.session is session:
+            del self._sessions[key]
+            pending = self._retirements.pop(session, None)
+            if pending is not None and pending.active():
+                pending.cancel()
+            service.disownServiceParent()
+
+    def stopService(self) -> Deferred:
+        for pending in self._retirements.values():
+            if pending.active():
+                pending.cancel()
+        self._retirements.clear()
+        return super().stopService()
+
+
+def _first(verdict: Deferred, timeout: float, clock: Any) -> Deferred:
+    """The verdict, or success after ``timeout`` seconds if it has not come by then."""
+    result: Deferred = Deferred()
+    timer = clock.callLater(timeout, result.callback, None)
+
+    def settle(outcome: Any) -> None:
+        if timer.active():
+            timer.cancel()
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+    verdict.addBoth(settle)
+    return result

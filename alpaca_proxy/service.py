@@ -1,0 +1,53 @@
+"""The twistd service tree: ``makeService`` is the only place the global reactor is used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from alpaca_proxy.downstream import DownstreamFactory
+from alpaca_proxy.options import Options
+from alpaca_proxy.pool import UpstreamPool
+from alpaca_proxy.simulator import SimulatorService
+
+__all__ = ["Options", "makeService"]
+
+_log = Logger()
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """Simulator (with ``--simulate``), upstream pool and local listener, in that order."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    top = MultiService()
+    if options["simulate"]:
+        simulator = SimulatorService(reactor, rate=options["sim-rate"])
+        simulator.setName("simulator")
+        simulator.setServiceParent(top)
+
+        def data_url() -> str:
+            assert simulator.url is not None, "simulator not listening yet"
+            return simulator.url
+    else:
+        def data_url() -> str:
+            return options["data-url"]
+
+    pool = UpstreamPool(reactor, data_url, credentials=options["credentials"],
+                        linger=options["linger"])
+    pool.setName("upstreams")
+    pool.setServiceParent(top)
+    factory = DownstreamFactory(pool, reactor, default_feed=options["feed"],
+                                auth_timeout=options["auth-timeout"])
+    listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)
+    listener._raiseSynchronously = True  # a port that cannot be bound fails startup
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    top.pool = pool  # type: ignore[attr-defined]
+    return top

@@ -1,0 +1,341 @@
+"""The proxy as a client of one upstream endpoint for one account.
+
+``UpstreamProtocol`` only turns websocket events into calls on an
+``UpstreamSession``, which does the work: wait for the welcome, authenticate
+(re-sending ``auth`` on the same socket after a 406, as Alpaca's Go SDK does),
+hand the router a link once authenticated, match upstream's acks and errors to
+the router's requests, and fan data out to clients.  ``UpstreamService`` keeps
+the connection in a ``ClientService`` and closes it with a close handshake, so
+the account's connection slot frees at once.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from hyperlink import URL
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from alpaca_proxy import __version__, codec
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.dialects.alpaca_data import (
+    AUTHENTICATED, AlpacaDataDialect, ProtocolError, error,
+)
+from alpaca_proxy.paths import Endpoint
+from alpaca_proxy.router import Router
+
+#: Upstream errors that answer one of our (un)subscribe requests.
+REQUEST_ERRORS = frozenset({400, 405, 410, 412, 413})
+#: Upstream errors at auth that no retry will mend: tell clients, stop dialling.
+FATAL_AUTH_ERRORS = frozenset({402, 408, 409, 411, 412})
+
+
+def backoff(attempt: int, rng: random.Random, initial: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff with jitter: about 1, 2, 4 ... seconds, capped, never 0."""
+    ceiling = min(cap, initial * 2 ** max(0, attempt - 1))
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+def endpoint_for(reactor: Any, url: str) -> Any:
+    """A client endpoint for a ``ws://`` or ``wss://`` URL; TLS verifies the host name."""
+    parsed = URL.from_text(url)
+    host = parsed.host
+    if parsed.scheme == "wss":
+        port = parsed.port or 443
+        tls = optionsForClientTLS(host)
+        return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port))
+    return HostnameEndpoint(reactor, host, parsed.port or 80)
+
+
+class UpstreamProtocol(WebSocketClientProtocol):
+    """Websocket events in, calls on the session out."""
+
+    _log = Logger()
+
+    def onOpen(self):
+        self.factory.session.connected(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.session.received(payload)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.session.disconnected(self, wasClean, code, reason)
+
+    def send(self, message: dict) -> None:
+        self.sendMessage(codec.to_msgpack(message), isBinary=True)
+
+
+class UpstreamFactory(WebSocketClientFactory):
+    """Asks for MessagePack, so timestamps arrive as ext -1 and can be passed through."""
+
+    protocol = UpstreamProtocol
+
+    def __init__(self, session: "UpstreamSession", url: str, reactor: Any) -> None:
+        super().__init__(
+            url,
+            headers={"Content-Type": "application/msgpack"},
+            useragent="alpaca-proxy/%s" % (__version__,),
+            reactor=reactor,
+        )
+        self.session = session
+        self.setProtocolOptions(
+            maxMessagePayloadSize=0,
+            maxFramePayloadSize=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+
+
+class UpstreamSession:
+    """One upstream connection's conversation, and its clients' router.
+
+    States: ``connecting`` (no socket or no welcome yet), ``authenticating``,
+    ``ready``, ``refused`` (upstream gave a fatal auth error).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        dialect: AlpacaDataDialect,
+        clock: Any,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.dialect = dialect
+        self.clock = clock
+        self.router = Router()
+        self.state = "connecting"
+        #: True once upstream accepted these credentials on any connection.
+        self.verified = False
+        #: The fatal error code upstream answered auth with, if any.
+        self.refusal: int | None = None
+        self.reconnects = 0
+        self.on_refused: Callable[["UpstreamSession", int], None] | None = None
+        self._rng = rng or random.Random()
+        self._protocol: UpstreamProtocol | None = None
+        self._bad_sessions = 0
+        self._auth_attempts = 0
+        self._auth_retry: Any = None
+        self._verdict_waiters: list[Deferred] = []
+        self._closed_waiters: list[Deferred] = []
+
+    def __repr__(self) -> str:
+        return "<UpstreamSession %s key=%s %s>" % (
+            self.endpoint.path, self.credentials.key, self.state)
+
+    # -- for ClientService ---------------------------------------------------
+
+    def retry_delay(self, attempt: int) -> float:
+        """ClientService's retry policy.
+
+        ClientService counts only TCP failures and resets after every connect, so
+        sessions that connected but never authenticated also make the delay grow.
+        """
+        return backoff(max(attempt, self._bad_sessions), self._rng)
+
+    # -- for clients ---------------------------------------------------------
+
+    def verdict(self) -> Deferred:
+        """Fires once upstream accepted the credentials, or fails with ProtocolError."""
+        if self.verified:
+            return succeed(None)
+        if self.refusal is not None:
+            return Deferred.fromFailure(ProtocolError(self.refusal))  # type: ignore[arg-type]
+        waiter: Deferred = Deferred()
+        self._verdict_waiters.append(waiter)
+        return waiter
+
+    def attach(self, client: Any) -> None:
+        self.router.attach(client)
+
+    def detach(self, client: Any) -> None:
+        self.router.detach(client)
+
+    # -- for the protocol ----------------------------------------------------
+
+    def connected(self, protocol: UpstreamProtocol) -> None:
+        """The websocket is open; the welcome comes next."""
+        self._protocol = protocol
+        self.state = "connecting"
+        self._auth_attempts = 0
+        self._log.info("upstream {path} connected ({key})", path=self.endpoint.path,
+                       key=self.credentials.key)
+
+    def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
+        if protocol is not self._protocol and self._protocol is not None:
+            return
+        was_ready = self.state == "ready"
+        self._protocol = None
+        if self._auth_retry is not None and self._auth_retry.active():
+            self._auth_retry.cancel()
+        self._auth_retry = None
+        if self.state != "refused":
+            self.state = "connecting"
+        if was_ready:
+            self._bad_sessions = 0
+            self.reconnects += 1
+            self.router.upstream_lost()
+        else:
+            self._bad_sessions += 1
+        self._log.info(
+            "upstream {path} lost ({key}): clean={clean} code={code} reason={reason}",
+            path=self.endpoint.path, key=self.credentials.key, clean=clean, code=code,
+            reason=reason)
+        self._closed_waiters, waiters = [], self._closed_waiters
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def received(self, payload: bytes) -> None:
+        """One upstream frame: control messages are handled, data fanned out."""
+        try:
+            elements = codec.split_frame(payload)
+        except codec.DecodeError as failure:
+            self._log.warn("upstream {path} sent an undecodable frame: {error}",
+                           path=self.endpoint.path, error=str(failure))
+            return
+        data = []
+        for element in elements:
+            kind = element.message.get("T")
+            if kind in ("success", "error", "subscription"):
+                self._control(element.message)
+            else:
+                data.append(element)
+        if data and self.state == "ready":
+            self.publish(data)
+
+    # -- handshake -----------------------------------------------------------
+
+    def _control(self, message: dict) -> None:
+        kind = message.get("T")
+        if kind == "success" and message.get("msg") == "connected":
+            self._send_auth()
+        elif kind == "success" and message.get("msg") == "authenticated":
+            self._authenticated()
+        elif kind == "subscription":
+            self.router.upstream_acked(self.dialect.acked_keys(message))
+        elif kind == "error":
+            self._error(message.get("code"), message.get("msg"))
+
+    def _send_auth(self) -> None:
+        self._auth_retry = None
+        if self._protocol is None:
+            return
+        self.state = "authenticating"
+        self._auth_attempts += 1
+        self._protocol.send({"action": "auth", "key": self.credentials.key,
+                             "secret": self.credentials.secret})
+
+    def _authenticated(self) -> None:
+        self.state = "ready"
+        self.verified = True
+        self._bad_sessions = 0
+        self._log.info("upstream {path} authenticated ({key})", path=self.endpoint.path,
+                       key=self.credentials.key)
+        self._verdict_waiters, waiters = [], self._verdict_waiters
+        for waiter in waiters:
+            waiter.callback(None)
+        self.router.upstream_ready(self)
+
+    def _error(self, code: Any, text: Any) -> None:
+        if self.state == "ready" and code in REQUEST_ERRORS:
+            client = self.router.upstream_refused(code)
+            self._log.info("upstream {path} refused a request with {code} {text} (client {client})",
+                           path=self.endpoint.path, code=code, text=text, client=client)
+            return
+        if self.state == "authenticating" and code == 406:
+            delay = min(5.0, 0.5 * self._auth_attempts)
+            self._log.warn(
+                "upstream {path}: connection limit exceeded (406); the old connection is still"
+                " held upstream, re-sending auth in {delay}s", path=self.endpoint.path,
+                delay=delay)
+            self._auth_retry = self.clock.callLater(delay, self._send_auth)
+            return
+        if self.state == "authenticating" and code in FATAL_AUTH_ERRORS:
+            self._refused(code)
+            return
+        self._log.warn("upstream {path} error {code} {text}", path=self.endpoint.path,
+                       code=code, text=text)
+
+    def _refused(self, code: int) -> None:
+        self.state = "refused"
+        self.refusal = code
+        self._log.error("upstream {path} refused credentials {key}: {code} {text}",
+                        path=self.endpoint.path, key=self.credentials.key, code=code,
+                        text=error(code)["msg"] if code in (402, 408, 409, 411, 412) else "")
+        self._verdict_waiters, waiters = [], self._verdict_waiters
+        for waiter in waiters:
+            waiter.errback(ProtocolError(code))
+        if self.on_refused is not None:
+            self.on_refused(self, code)
+
+    # -- link, for the router --------------------------------------------------
+
+    def send_change(self, action: str, keys: list[tuple[str, str]]) -> None:
+        if self._protocol is not None:
+            self._protocol.send(self.dialect.request(action, keys))
+
+    # -- data ------------------------------------------------------------------
+
+    def publish(self, elements: list[codec.Element]) -> None:
+        """Deliver a frame's data: encode once per (subset, encoding), send to each client."""
+        routing = [self.dialect.routing(element.message) for element in elements]
+        routed = self.router.route(routing)
+        groups: dict[tuple[tuple[int, ...], codec.Encoding], list[Any]] = {}
+        for client, positions in routed.items():
+            groups.setdefault((tuple(positions), client.encoding), []).append(client)
+        for (positions, encoding), clients in groups.items():
+            subset = [elements[i] for i in positions]
+            for payload in encoding.frames(subset):
+                prepared = clients[0].prepare(payload, encoding.binary)
+                for client in clients:
+                    client.send_prepared(prepared)
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self) -> Deferred:
+        """Close the websocket with a close handshake; fires when it is gone."""
+        if self._protocol is None:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._closed_waiters.append(waiter)
+        self._protocol.sendClose(1000, "alpaca-proxy closing")
+        return waiter
+
+
+class UpstreamService(MultiService):
+    """A session's reconnecting connection, closed with a handshake on stop."""
+
+    def __init__(self, session: UpstreamSession, url: str, reactor: Any) -> None:
+        super().__init__()
+        self.session = session
+        self.url = url
+        self._reactor = reactor
+        self._client = ClientService(
+            endpoint_for(reactor, url),
+            UpstreamFactory(session, url, reactor),
+            retryPolicy=session.retry_delay,
+            clock=reactor,
+        )
+        self._client.setServiceParent(self)
+
+    def stopService(self) -> Deferred:
+        closing = self.session.close()
+        timeout = self._reactor.callLater(3, closing.cancel)
+
+        def stop(_: Any) -> Deferred:
+            if timeout.active():
+                timeout.cancel()
+            return MultiService.stopService(self)
+
+        return closing.addBoth(stop)
