@@ -48,6 +48,11 @@ class DownstreamProtocol(WebSocketServerProtocol):
     """One local client: frames in, router calls out; acks and data back."""
 
     _log = Logger()
+    # onClose may run without onConnect/onOpen (a failed handshake).
+    session = None
+    _deadline = None
+    endpoint = None
+    peer_name = None
 
     def onConnect(self, request):
         endpoint = paths.resolve(request.path, self.factory.default_feed)
@@ -94,7 +99,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
         self.factory.clients.discard(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
-        if getattr(self, "session", None) is not None:
+        if self.session is not None:
             self.factory.pool.leave(self.session, self)
             self.session = None
             self._log.info("client {peer} left {path}: code={code}", peer=self.peer_name,

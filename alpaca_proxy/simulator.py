@@ -22,6 +22,7 @@ import msgpack
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -91,12 +92,19 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.connections.append(self)
         self.send([{"T": "success", "msg": "connected"}])
+        self.factory.changed()
 
     def onClose(self, wasClean, code, reason):
+        self.close_code = code
+        self.clean = wasClean
         if self in self.factory.connections:
             self.factory.connections.remove(self)
-        if self.key is not None and self.factory.sessions.get((self.key, self.path)) is self:
+        if getattr(self, "key", None) is not None and self.factory.sessions.get(
+                (self.key, self.path)) is self:
             del self.factory.sessions[(self.key, self.path)]
+        if self.factory.record:
+            self.factory.closed.append(self)
+        self.factory.changed()
 
     def send(self, messages: list) -> None:
         if self.msgpack:
@@ -108,6 +116,10 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
         self.send([{"T": "error", "code": code, "msg": _ERRORS[code]}])
 
     def onMessage(self, payload, isBinary):
+        self._message(payload)
+        self.factory.changed()
+
+    def _message(self, payload: bytes) -> None:
         try:
             if payload[:1] == b"{":
                 message = json.loads(payload)
@@ -115,7 +127,8 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
                 message = msgpack.unpackb(payload, timestamp=0)
         except Exception:
             return self.error(400)
-        self.factory.received.append((self.path, message))
+        if self.factory.record:
+            self.factory.received.append((self.path, message))
         if not isinstance(message, dict):
             return self.error(400)
         action = message.get("action")
@@ -188,20 +201,44 @@ class FakeAlpacaFactory(WebSocketServerFactory):
     protocol = FakeAlpacaProtocol
 
     def __init__(self, accounts: dict[str, str] | None = None,
-                 symbol_limit: int | None = None, market: "SimulatedMarket | None" = None):
+                 symbol_limit: int | None = None, market: "SimulatedMarket | None" = None,
+                 record: bool = False):
         super().__init__()
         self.setProtocolOptions(maxMessagePayloadSize=64 << 20, maxFramePayloadSize=64 << 20)
         #: key -> secret; None accepts any credentials.
         self.accounts = accounts
         self.symbol_limit = symbol_limit
         self.market = market
+        #: Keep every received message and closed connection (tests only: grows).
+        self.record = record
         #: HTTP status to refuse every handshake with (e.g. 429), or 0.
         self.refuse_handshake = 0
         self.connections: list[FakeAlpacaProtocol] = []
+        self.closed: list[FakeAlpacaProtocol] = []
         self.sessions: dict[tuple[str, str], FakeAlpacaProtocol] = {}
         self.received: list[tuple[str, Any]] = []
+        self._watchers: list[tuple[Any, Deferred]] = []
         if market is not None:
             market.server = self
+
+    def when(self, predicate) -> Deferred:
+        """A Deferred that fires once ``predicate()`` holds, checked after every event."""
+        waiter: Deferred = Deferred()
+        self._watchers.append((predicate, waiter))
+        self.changed()
+        return waiter
+
+    def changed(self) -> None:
+        """Something happened (a message, a connection opened or closed)."""
+        for entry in list(self._watchers):
+            predicate, waiter = entry
+            if predicate():
+                self._watchers.remove(entry)
+                waiter.callback(None)
+
+    def authenticated(self, path: str | None = None) -> list["FakeAlpacaProtocol"]:
+        """Authenticated sessions (on one path)."""
+        return [c for c in self.connections if c.key is not None and path in (None, c.path)]
 
     def inject(self, messages: list, path: str | None = None) -> None:
         """Send data messages to every authenticated session (on one path)."""

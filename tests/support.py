@@ -1,0 +1,173 @@
+"""Test helpers: a recording websocket client, and a proxy in front of a fake upstream.
+
+Everything runs on the real reactor over loopback sockets; waiting is done on
+Deferreds fired by events (a frame arrived, a session authenticated), never by
+sleeping.  Time that the logic depends on (the auth deadline) comes from a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+import msgpack
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock
+
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.downstream import DownstreamFactory
+from alpaca_proxy.pool import UpstreamPool
+from alpaca_proxy.simulator import FakeAlpacaFactory
+
+KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
+
+
+class RecordingClient(WebSocketClientProtocol):
+    """A raw websocket client that records decoded frames and their frame type."""
+
+    def __init__(self):
+        super().__init__()
+        self.frames: deque = deque()
+        self.binary_flags: list[bool] = []
+        self.raw: list[bytes] = []
+        self._waiters: deque = deque()
+        self.closed = defer.Deferred()
+
+    def onOpen(self):
+        if self.factory.on_open is not None:
+            self.factory.on_open(self)
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        self.raw.append(payload)
+        self.binary_flags.append(isBinary)
+        frame = msgpack.unpackb(payload, timestamp=0) if isBinary else json.loads(payload)
+        if self._waiters:
+            self._waiters.popleft().callback(frame)
+        else:
+            self.frames.append(frame)
+
+    def onClose(self, wasClean, code, reason):
+        self.close_code = code
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(reason or "handshake failed"))
+        elif not self.closed.called:
+            self.closed.callback(code)
+        for waiter in self._waiters:
+            waiter.errback(ConnectionError("closed"))
+        self._waiters.clear()
+
+    def next(self) -> defer.Deferred:
+        """The next frame (a list of messages)."""
+        if self.frames:
+            return defer.succeed(self.frames.popleft())
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def send(self, message: Any, msgpack_encoding: bool | None = None, binary: bool | None = None):
+        """Send a message as MessagePack if the client asked for it, else JSON."""
+        use_msgpack = self.factory.msgpack if msgpack_encoding is None else msgpack_encoding
+        payload = msgpack.packb(message) if use_msgpack else json.dumps(message).encode()
+        self.sendMessage(payload, isBinary=use_msgpack if binary is None else binary)
+
+
+@defer.inlineCallbacks
+def connect(port: int, path: str = "/v2/iex", msgpack_encoding: bool = False,
+            headers: dict | None = None, on_open=None):
+    """Open a websocket to the proxy; fires with the open RecordingClient."""
+    all_headers = dict(headers or {})
+    if msgpack_encoding:
+        all_headers["Content-Type"] = "application/msgpack"
+    factory = WebSocketClientFactory("ws://127.0.0.1:%d%s" % (port, path), headers=all_headers)
+    factory.protocol = RecordingClient
+    factory.opened = defer.Deferred()
+    factory.msgpack = msgpack_encoding
+    factory.on_open = on_open
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    client = yield factory.opened
+    return client
+
+
+@defer.inlineCallbacks
+def login(port: int, path: str = "/v2/iex", msgpack_encoding: bool = False,
+          key: str = KEY, secret: str = SECRET):
+    """Connect, read the welcome, authenticate; fires with the client."""
+    client = yield connect(port, path, msgpack_encoding)
+    welcome = yield client.next()
+    assert welcome == [{"T": "success", "msg": "connected"}], welcome
+    client.send({"action": "auth", "key": key, "secret": secret})
+    reply = yield client.next()
+    assert reply == [{"T": "success", "msg": "authenticated"}], reply
+    return client
+
+
+class Harness:
+    """A fake upstream and a proxy in front of it, both on loopback ports."""
+
+    def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
+                 symbol_limit: int | None = None, accounts: dict | None = None):
+        self.testcase = testcase
+        self.clock = Clock()
+        self.upstream = FakeAlpacaFactory(
+            accounts={KEY: SECRET} if accounts is None else accounts, symbol_limit=symbol_limit,
+            record=True)
+        self._configured = Credentials(KEY, SECRET) if configured else None
+        self._linger = linger
+        self.clients: list[RecordingClient] = []
+
+    @defer.inlineCallbacks
+    def start(self):
+        self.upstream_port = yield serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1").listen(self.upstream)
+        url = "ws://127.0.0.1:%d" % (self.upstream_port.getHost().port,)
+        self.pool = UpstreamPool(reactor, lambda: url, credentials=self._configured,
+                                 linger=self._linger)
+        self.pool.startService()
+        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
+        self.proxy_port = yield serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        self.port = self.proxy_port.getHost().port
+        self.testcase.addCleanup(self.stop)
+        return self
+
+    @defer.inlineCallbacks
+    def connect(self, *args, **kwargs):
+        client = yield connect(self.port, *args, **kwargs)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def login(self, *args, **kwargs):
+        client = yield login(self.port, *args, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def upstream_messages(self, action: str | None = None) -> list:
+        """What the proxy sent upstream (not auth), optionally of one action."""
+        return [m for _, m in self.upstream.received
+                if m.get("action") != "auth" and (action is None or m.get("action") == action)]
+
+    @defer.inlineCallbacks
+    def stop(self):
+        closing = []
+        for client in self.clients:
+            if client.state != client.STATE_CLOSED:
+                client.sendClose()
+                closing.append(client.closed)
+        yield defer.DeferredList(closing)
+        yield self.proxy_port.stopListening()
+        yield self.pool.stopService()
+        for connection in list(self.upstream.connections):
+            connection.dropConnection(abort=True)
+        yield self.upstream_port.stopListening()
+        # Let the aborted sockets finish closing before trial checks the reactor.
+        yield deferLater(0)
+
+
+def deferLater(seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater as later
+    return later(reactor, seconds, lambda: None)
