@@ -39,9 +39,12 @@ class UpstreamPool(MultiService):
         data_url: Callable[[], str],
         credentials: Credentials | None = None,
         linger: float = 30.0,
+        clock: Any = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
+        #: Timers (linger, verdict wait, retries); the reactor unless a test gives a Clock.
+        self._clock = reactor if clock is None else clock
         self._data_url = data_url
         self._credentials = credentials
         self._linger = linger
@@ -66,7 +69,7 @@ class UpstreamPool(MultiService):
         verdict = session.verdict()
         if configured is not None and not verdict.called:
             # Locally verified: don't keep the client waiting on a slow upstream.
-            verdict = _first(verdict, VERDICT_WAIT, self._reactor)
+            verdict = _first(verdict, VERDICT_WAIT, self._clock)
 
         def settled(outcome: Any) -> Any:
             # The client joins (cancelling this) unless it failed or left meanwhile.
@@ -89,7 +92,7 @@ class UpstreamPool(MultiService):
 
     def _open(self, endpoint: Endpoint, credentials: Credentials) -> UpstreamService:
         session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
-                                  clock=self._reactor)
+                                  clock=self._clock)
         session.on_refused = self._refused
         url = self._data_url().rstrip("/") + endpoint.path
         service = UpstreamService(session, url, self._reactor)
@@ -101,7 +104,7 @@ class UpstreamPool(MultiService):
     def _maybe_retire(self, session: UpstreamSession) -> None:
         if len(session.router) or session in self._retirements:
             return
-        self._retirements[session] = self._reactor.callLater(
+        self._retirements[session] = self._clock.callLater(
             self._linger, self._retire, session)
 
     def _retire(self, session: UpstreamSession) -> Deferred:

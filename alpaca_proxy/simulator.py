@@ -45,6 +45,7 @@ _CHANNELS = {
 _ERRORS = {
     400: "invalid syntax", 401: "not authenticated", 402: "auth failed",
     403: "already authenticated", 405: "symbol limit exceeded",
+    409: "insufficient subscription", 411: "insufficient scope",
     406: "connection limit exceeded", 410: "invalid subscribe action for this feed",
 }
 
@@ -76,6 +77,8 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         factory = self.factory
+        factory.handshakes += 1
+        factory.changed()
         if factory.refuse_handshake:
             raise ConnectionDeny(factory.refuse_handshake, "refused by test")
         path = request.path.split("?")[0]
@@ -145,10 +148,12 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
         if self.key is not None:
             return self.error(403)
         key, secret = message.get("key"), message.get("secret")
+        if factory.auth_error:
+            return self.error(factory.auth_error)
         if factory.accounts is not None and factory.accounts.get(key) != secret:
             return self.error(402)
         holder = factory.sessions.get((key, self.path))
-        if holder is not None and holder is not self:
+        if (holder is not None and holder is not self) or (key, self.path) in factory.stale_slots:
             return self.error(406)
         self.key = key
         factory.sessions[(key, self.path)] = self
@@ -213,6 +218,11 @@ class FakeAlpacaFactory(WebSocketServerFactory):
         self.record = record
         #: HTTP status to refuse every handshake with (e.g. 429), or 0.
         self.refuse_handshake = 0
+        self.handshakes = 0
+        #: An error code to answer every auth with (e.g. 409), or 0.
+        self.auth_error = 0
+        #: (key, path) slots still held by a dead connection: auth there gets 406.
+        self.stale_slots: set[tuple[str, str]] = set()
         self.connections: list[FakeAlpacaProtocol] = []
         self.closed: list[FakeAlpacaProtocol] = []
         self.sessions: dict[tuple[str, str], FakeAlpacaProtocol] = {}

@@ -303,12 +303,17 @@ class UpstreamSession:
 
     # -- closing ---------------------------------------------------------------
 
+    def next_disconnect(self) -> Deferred:
+        """Fires when the current (or next) upstream connection is lost."""
+        waiter: Deferred = Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
+
     def close(self) -> Deferred:
         """Close the websocket with a close handshake; fires when it is gone."""
         if self._protocol is None:
             return succeed(None)
-        waiter: Deferred = Deferred()
-        self._closed_waiters.append(waiter)
+        waiter = self.next_disconnect()
         self._protocol.sendClose(1000, "alpaca-proxy closing")
         return waiter
 
@@ -320,18 +325,17 @@ class UpstreamService(MultiService):
         super().__init__()
         self.session = session
         self.url = url
-        self._reactor = reactor
         self._client = ClientService(
             endpoint_for(reactor, url),
             UpstreamFactory(session, url, reactor),
             retryPolicy=session.retry_delay,
-            clock=reactor,
+            clock=session.clock,
         )
         self._client.setServiceParent(self)
 
     def stopService(self) -> Deferred:
         closing = self.session.close()
-        timeout = self._reactor.callLater(3, closing.cancel)
+        timeout = self.session.clock.callLater(3, closing.cancel)
 
         def stop(_: Any) -> Deferred:
             if timeout.active():

@@ -15,7 +15,7 @@ import msgpack
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.downstream import DownstreamFactory
@@ -125,7 +125,7 @@ class Harness:
             reactor, "tcp:0:interface=127.0.0.1").listen(self.upstream)
         url = "ws://127.0.0.1:%d" % (self.upstream_port.getHost().port,)
         self.pool = UpstreamPool(reactor, lambda: url, credentials=self._configured,
-                                 linger=self._linger)
+                                 linger=self._linger, clock=self.clock)
         self.pool.startService()
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
         self.proxy_port = yield serverFromString(
@@ -165,9 +165,9 @@ class Harness:
             connection.dropConnection(abort=True)
         yield self.upstream_port.stopListening()
         # Let the aborted sockets finish closing before trial checks the reactor.
-        yield deferLater(0)
+        yield turn()
 
 
-def deferLater(seconds: float) -> defer.Deferred:
-    from twisted.internet.task import deferLater as later
-    return later(reactor, seconds, lambda: None)
+def turn() -> defer.Deferred:
+    """One reactor turn: lets what the current event triggers run first."""
+    return deferLater(reactor, 0, lambda: None)

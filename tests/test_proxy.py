@@ -7,7 +7,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from alpaca_proxy.codec import MAX_MESSAGE_BYTES
-from tests.support import KEY, SECRET, Harness
+from tests.support import KEY, SECRET, Harness, turn
 
 
 def trade(symbol, seconds=1714658587, nanos=120450000, **extra):
@@ -298,7 +298,11 @@ class UpstreamLifecycleTests(TestCase):
         yield b.next()
         self.assertEqual(len(upstream.authenticated()), 1)
         [session] = upstream.authenticated()
+        lost = harness.pool.sessions[0].next_disconnect()
         session.drop()
+        yield lost
+        yield turn()  # ClientService schedules its retry right after the loss
+        harness.clock.advance(1.0)  # the first retry comes within a second
         yield upstream.when(lambda: any(
             c is not session and c.subscriptions.get("quotes") == ["MSFT"]
             for c in upstream.authenticated()))
@@ -318,6 +322,11 @@ class UpstreamLifecycleTests(TestCase):
         a = yield harness.login()
         a.sendClose()
         yield a.closed
+        yield upstream.when(lambda: harness.pool.sessions and not len(
+            harness.pool.sessions[0].router))
+        harness.clock.advance(0.1)
+        self.assertEqual(upstream.closed, [])
+        harness.clock.advance(0.1)
         yield upstream.when(lambda: upstream.closed)
         self.assertEqual(upstream.closed[0].close_code, 1000)
         self.assertTrue(upstream.closed[0].clean)
@@ -347,11 +356,14 @@ class UpstreamLifecycleTests(TestCase):
         upstream = harness.upstream
         a = yield harness.login()
         upstream.refuse_handshake = 503
+        lost = harness.pool.sessions[0].next_disconnect()
         upstream.authenticated()[0].drop()
-        yield upstream.when(lambda: not upstream.authenticated())
+        yield lost
+        yield turn()  # ClientService schedules its retry right after the loss
         a.send({"action": "subscribe", "trades": ["AAPL"]})
         self.assertEqual((yield a.next()), ack(trades=["AAPL"]))
         upstream.refuse_handshake = 0
+        harness.clock.advance(1.0)
         yield upstream.when(lambda: any(
             c.subscriptions["trades"] == ["AAPL"] for c in upstream.authenticated()))
         upstream.inject([trade("AAPL")])
