@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from alpaca_proxy import __version__, codec, paths
 from alpaca_proxy.credentials import header_credentials
+from alpaca_proxy.timers import use_clock
 from alpaca_proxy.dialects.alpaca_data import (
     AUTHENTICATED, DIALECTS, WELCOME, Auth, ProtocolError, error,
 )
@@ -224,6 +225,7 @@ class DownstreamFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
         )
+        use_clock(self, clock)
         self.pool = pool
         self.clock = clock
         self.default_feed = default_feed

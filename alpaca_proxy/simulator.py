@@ -27,6 +27,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from alpaca_proxy.timers import use_clock
+
 _PATHS = [
     ("stocks", re.compile(r"/v2/[a-z_]+|/v1beta1/(boats|overnight)")),
     ("crypto", re.compile(r"/v1beta3/crypto/[a-z0-9\-]+")),
@@ -207,8 +209,10 @@ class FakeAlpacaFactory(WebSocketServerFactory):
 
     def __init__(self, accounts: dict[str, str] | None = None,
                  symbol_limit: int | None = None, market: "SimulatedMarket | None" = None,
-                 record: bool = False):
+                 record: bool = False, clock: Any = None):
         super().__init__()
+        if clock is not None:
+            use_clock(self, clock)
         self.setProtocolOptions(maxMessagePayloadSize=64 << 20, maxFramePayloadSize=64 << 20)
         #: key -> secret; None accepts any credentials.
         self.accounts = accounts
@@ -423,7 +427,7 @@ class SimulatorService(Service):
     def __init__(self, reactor, rate: float = 2.0, seed: int = 1):
         self._reactor = reactor
         self.market = SimulatedMarket(reactor, seed=seed, rate=rate)
-        self.factory = FakeAlpacaFactory(market=self.market)
+        self.factory = FakeAlpacaFactory(market=self.market, clock=reactor)
         self.url: str | None = None
         self._port = None
 

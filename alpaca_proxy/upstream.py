@@ -30,6 +30,7 @@ from alpaca_proxy.dialects.alpaca_data import (
 )
 from alpaca_proxy.paths import Endpoint
 from alpaca_proxy.router import Router
+from alpaca_proxy.timers import use_clock
 
 #: Upstream errors that answer one of our (un)subscribe requests.
 REQUEST_ERRORS = frozenset({400, 405, 410, 412, 413})
@@ -85,6 +86,7 @@ class UpstreamFactory(WebSocketClientFactory):
             reactor=reactor,
         )
         self.session = session
+        use_clock(self, session.clock)
         self.setProtocolOptions(
             maxMessagePayloadSize=0,
             maxFramePayloadSize=0,
@@ -255,11 +257,11 @@ class UpstreamSession:
             return
         if self.state == "authenticating" and code == 406:
             delay = min(5.0, 0.5 * self._auth_attempts)
+            self._auth_retry = self.clock.callLater(delay, self._send_auth)
             self._log.warn(
                 "upstream {path}: connection limit exceeded (406); the old connection is still"
                 " held upstream, re-sending auth in {delay}s", path=self.endpoint.path,
-                delay=delay)
-            self._auth_retry = self.clock.callLater(delay, self._send_auth)
+                delay=delay, code=code)
             return
         if self.state == "authenticating" and code in FATAL_AUTH_ERRORS:
             self._refused(code)

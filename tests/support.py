@@ -21,6 +21,7 @@ from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.downstream import DownstreamFactory
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
+from alpaca_proxy.timers import use_clock
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
 
@@ -77,13 +78,14 @@ class RecordingClient(WebSocketClientProtocol):
 
 @defer.inlineCallbacks
 def connect(port: int, path: str = "/v2/iex", msgpack_encoding: bool = False,
-            headers: dict | None = None, on_open=None):
+            headers: dict | None = None, on_open=None, clock=None):
     """Open a websocket to the proxy; fires with the open RecordingClient."""
     all_headers = dict(headers or {})
     if msgpack_encoding:
         all_headers["Content-Type"] = "application/msgpack"
     factory = WebSocketClientFactory("ws://127.0.0.1:%d%s" % (port, path), headers=all_headers)
     factory.protocol = RecordingClient
+    use_clock(factory, clock or Clock())
     factory.opened = defer.Deferred()
     factory.msgpack = msgpack_encoding
     factory.on_open = on_open
@@ -94,9 +96,9 @@ def connect(port: int, path: str = "/v2/iex", msgpack_encoding: bool = False,
 
 @defer.inlineCallbacks
 def login(port: int, path: str = "/v2/iex", msgpack_encoding: bool = False,
-          key: str = KEY, secret: str = SECRET):
+          key: str = KEY, secret: str = SECRET, clock=None):
     """Connect, read the welcome, authenticate; fires with the client."""
-    client = yield connect(port, path, msgpack_encoding)
+    client = yield connect(port, path, msgpack_encoding, clock=clock)
     welcome = yield client.next()
     assert welcome == [{"T": "success", "msg": "connected"}], welcome
     client.send({"action": "auth", "key": key, "secret": secret})
@@ -114,7 +116,7 @@ class Harness:
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
             accounts={KEY: SECRET} if accounts is None else accounts, symbol_limit=symbol_limit,
-            record=True)
+            record=True, clock=self.clock)
         self._configured = Credentials(KEY, SECRET) if configured else None
         self._linger = linger
         self.clients: list[RecordingClient] = []
@@ -136,13 +138,13 @@ class Harness:
 
     @defer.inlineCallbacks
     def connect(self, *args, **kwargs):
-        client = yield connect(self.port, *args, **kwargs)
+        client = yield connect(self.port, *args, clock=self.clock, **kwargs)
         self.clients.append(client)
         return client
 
     @defer.inlineCallbacks
     def login(self, *args, **kwargs):
-        client = yield login(self.port, *args, **kwargs)
+        client = yield login(self.port, *args, clock=self.clock, **kwargs)
         self.clients.append(client)
         return client
 
@@ -166,6 +168,23 @@ class Harness:
         yield self.upstream_port.stopListening()
         # Let the aborted sockets finish closing before trial checks the reactor.
         yield turn()
+
+
+def logged(testcase, predicate) -> defer.Deferred:
+    """Fires with the first log event ``predicate`` accepts, from now on."""
+    from twisted.logger import globalLogPublisher
+
+    seen: defer.Deferred = defer.Deferred()
+
+    def observe(event):
+        if not seen.called and predicate(event):
+            globalLogPublisher.removeObserver(observe)
+            seen.callback(event)
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(lambda: observe in globalLogPublisher._observers and
+                        globalLogPublisher.removeObserver(observe))
+    return seen
 
 
 def turn() -> defer.Deferred:

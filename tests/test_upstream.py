@@ -1,0 +1,120 @@
+"""Upstream faults: backoff, 406 after reconnect, fatal auth errors (real sockets, Clock time)."""
+
+import random
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from alpaca_proxy.upstream import backoff
+from tests.support import KEY, Harness, logged, turn
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_doubles_with_jitter_and_cap(self):
+        """Delays double per attempt within [half, full] of the ceiling, capped at 30 s."""
+        rng = random.Random(4)
+        for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (5, 16), (6, 30), (40, 30)]:
+            for _ in range(50):
+                delay = backoff(attempt, rng)
+                self.assertTrue(ceiling / 2 <= delay <= ceiling, (attempt, delay))
+
+
+def retry_delays(clock):
+    return sorted(call.getTime() - clock.seconds() for call in clock.getDelayedCalls())
+
+
+class ReconnectTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.harness = yield Harness(self).start()
+        self.upstream = self.harness.upstream
+        self.client = yield self.harness.login()
+        self.client.send({"action": "subscribe", "trades": ["AAPL"]})
+        yield self.client.next()
+        self.session = self.harness.pool.sessions[0]
+
+    @defer.inlineCallbacks
+    def drop(self):
+        lost = self.session.next_disconnect()
+        self.upstream.authenticated()[0].drop()
+        yield lost
+        yield turn()
+
+    @defer.inlineCallbacks
+    def test_backoff_grows_when_tcp_connects_but_websocket_fails(self):
+        """Handshakes refused with 429 after TCP connects still make the delay grow."""
+        clock = self.harness.clock
+        yield self.drop()
+        self.upstream.refuse_handshake = 429
+        delays = []
+        for attempt in range(1, 6):
+            [delay] = [d for d in retry_delays(clock) if d < 60]
+            delays.append(delay)
+            lost = self.session.next_disconnect()
+            clock.advance(delay)
+            yield lost
+            yield turn()
+        # One good session lost, then refusals: ceilings 1, 1, 2, 4, 8 seconds.
+        for delay, ceiling in zip(delays, [1, 1, 2, 4, 8]):
+            self.assertTrue(ceiling / 2 <= delay <= ceiling, delays)
+        self.assertEqual(self.upstream.handshakes, 1 + 5)
+        # The client stayed connected all along, and gets data once upstream is back.
+        self.upstream.refuse_handshake = 0
+        clock.advance(retry_delays(clock)[0])
+        yield self.upstream.when(lambda: any(
+            c.subscriptions["trades"] == ["AAPL"] for c in self.upstream.authenticated()))
+        self.assertEqual(self.client.state, self.client.STATE_OPEN)
+
+    @defer.inlineCallbacks
+    def test_406_after_reconnect_resends_auth_on_the_same_socket(self):
+        """While upstream still holds the old slot, auth is re-sent on the same socket."""
+        clock = self.harness.clock
+        yield self.drop()
+        self.upstream.stale_slots.add((KEY, "/v2/iex"))
+        refused = lambda event: event.get("code") == 406 and "delay" in event
+        first = logged(self, refused)
+        clock.advance(1.0)
+        self.assertEqual((yield first)["delay"], 0.5)
+        second = logged(self, refused)
+        clock.advance(0.5)
+        self.assertEqual((yield second)["delay"], 1.0)
+        self.upstream.stale_slots.clear()
+        clock.advance(1.0)
+        yield self.upstream.when(lambda: any(
+            c.subscriptions["trades"] == ["AAPL"] for c in self.upstream.authenticated()))
+        auths = [m for _, m in self.upstream.received if m.get("action") == "auth"]
+        self.assertEqual((len(auths), self.upstream.handshakes), (4, 2))
+
+
+class FatalAuthTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_insufficient_subscription_is_relayed_and_not_retried(self):
+        """Upstream's 409 at auth goes to the client; the proxy stops dialling."""
+        harness = yield Harness(self).start()
+        harness.upstream.auth_error = 409
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "s3cr3t-Fh9vQ2"})
+        self.assertEqual((yield client.next()),
+                         [{"T": "error", "code": 409, "msg": "insufficient subscription"}])
+        yield harness.upstream.when(lambda: not harness.upstream.connections)
+        yield turn()
+        harness.clock.advance(60)
+        self.assertEqual(harness.upstream.handshakes, 1)
+        self.assertEqual(harness.pool.sessions, [])
+
+    @defer.inlineCallbacks
+    def test_slow_upstream_verdict_does_not_block_locally_verified_client(self):
+        """A locally verified client is answered within 2.5 s even if upstream is refusing."""
+        harness = yield Harness(self).start()
+        harness.upstream.refuse_handshake = 503
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "s3cr3t-Fh9vQ2"})
+        yield harness.upstream.when(lambda: harness.upstream.handshakes == 1)
+        harness.clock.advance(2.5)
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
