@@ -76,6 +76,16 @@ class Options(usage.Options):
         if self._environ.get("ALPACA_PROXY_SIMULATE", "").strip().lower() in _TRUE:
             self["simulate"] = 1
 
+    def parseOptions(self, options=None) -> None:
+        """Parse, turning any usage error into one line on stderr and exit status 1.
+
+        (twistd would print the whole usage text before the error.)
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as problem:
+            raise SystemExit("alpaca-proxy: %s" % (problem,)) from None
+
     def postOptions(self) -> None:
         for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001)):
             self[name] = _number(name, self[name], minimum)

@@ -187,6 +187,18 @@ def logged(testcase, predicate) -> defer.Deferred:
     return seen
 
 
+def listening_port(service) -> defer.Deferred:
+    """The port a StreamServerEndpointService listens on, without consuming its Deferred."""
+    port: defer.Deferred = defer.Deferred()
+
+    def peek(listening):
+        port.callback(listening)
+        return listening
+
+    service._waitingForPort.addCallback(peek)
+    return port
+
+
 def turn() -> defer.Deferred:
     """One reactor turn: lets what the current event triggers run first."""
     return deferLater(reactor, 0, lambda: None)

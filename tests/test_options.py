@@ -1,0 +1,135 @@
+"""Options, the twistd plugin and the service tree."""
+
+import os
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.options import Options
+from alpaca_proxy.service import makeService
+from tests.support import connect, listening_port
+
+DEFAULTS = {
+    "listen": "tcp:8765:interface=127.0.0.1",
+    "data-url": "wss://stream.data.alpaca.markets",
+    "trading-url": "wss://paper-api.alpaca.markets",
+    "feed": "iex",
+    "linger": 30.0,
+    "auth-timeout": 10.0,
+    "sim-rate": 2.0,
+    "simulate": 0,
+    "credentials": None,
+}
+
+
+def parse(argv, environ=None):
+    options = Options(environ=environ or {})
+    options.parseOptions(argv)
+    return dict(options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        """With nothing set, every option has its documented default."""
+        self.assertEqual(parse([]), DEFAULTS)
+
+    def test_environment_then_command_line(self):
+        """Environment variables set options; the command line wins over them."""
+        environ = {
+            "ALPACA_PROXY_LISTEN": "tcp:9000", "ALPACA_PROXY_DATA_URL": "ws://127.0.0.1:1/",
+            "ALPACA_PROXY_LINGER": "5", "ALPACA_PROXY_SIMULATE": "true", "IS_PRO": "true",
+            "APCA_API_KEY_ID": "PK1", "APCA_API_SECRET_KEY": "sec",
+            "APCA_API_STREAM_URL": "ws://127.0.0.1:8765",
+        }
+        self.assertEqual(parse(["--linger", "7"], environ), dict(
+            DEFAULTS, listen="tcp:9000", **{"data-url": "ws://127.0.0.1:1"}, linger=7.0,
+            simulate=1, feed="sip", credentials=Credentials("PK1", "sec")))
+
+    def test_feed_variable_beats_is_pro(self):
+        """An explicit feed is not overridden by IS_PRO."""
+        self.assertEqual(parse([], {"IS_PRO": "true", "ALPACA_PROXY_FEED": "delayed_sip"})["feed"],
+                         "delayed_sip")
+
+    def test_bad_values_exit_with_one_line(self):
+        """Bad values end with a one-line message and a non-zero exit."""
+        for argv, words in [
+            (["--data-url", "http://example.com"], "ws:// or wss://"),
+            (["--listen", "tcp:notaport"], "--listen"),
+            (["--linger", "-1"], "--linger"),
+            (["--feed", "../x"], "--feed"),
+            (["--nonsense"], "nonsense"),
+        ]:
+            with self.assertRaises(SystemExit) as raised:
+                parse(argv)
+            message = str(raised.exception.code)
+            self.assertIn(words, message)
+            self.assertEqual(message.count("\n"), 0)
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_listed(self):
+        """twistd finds the alpaca-proxy plugin."""
+        import twisted.plugins
+
+        names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)]
+        self.assertIn("alpaca-proxy", names)
+
+    def test_service_tree(self):
+        """The tree holds the simulator (with --simulate), the upstream pool and the listener."""
+        options = Options(environ={})
+        options.parseOptions(["--simulate", "--listen", "tcp:0"])
+        tree = makeService(options, reactor=MemoryReactor())
+        self.assertEqual([s.name for s in tree], ["simulator", "upstreams", "listener"])
+        options = Options(environ={})
+        options.parseOptions([])
+        self.assertEqual([s.name for s in makeService(options, MemoryReactor())],
+                         ["upstreams", "listener"])
+
+    def test_twistd_help_lists_every_option(self):
+        """``twistd alpaca-proxy --help`` works and names every option."""
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "alpaca-proxy", "--help"],
+            capture_output=True, text=True, env=dict(os.environ, APCA_API_SECRET_KEY="x"),
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for name in ["--listen", "--data-url", "--trading-url", "--feed", "--simulate",
+                     "--linger", "--auth-timeout"]:
+            self.assertIn(name, result.stdout)
+
+
+class SimulatedServiceTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_simulated_market_through_the_real_upstream_path(self):
+        """--simulate: a client gets simulated trades for its symbol via a real upstream socket."""
+        from twisted.internet import reactor
+
+        options = Options(environ={})
+        options.parseOptions(["--simulate", "--sim-rate", "50", "--listen",
+                              "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        self.addCleanup(tree.stopService)
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        client = yield connect(port, "/v2/iex")
+        self.addCleanup(lambda: client.sendClose() or client.closed)
+        yield client.next()
+        client.send({"action": "auth", "key": "anything", "secret": "goes"})
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
+        client.send({"action": "subscribe", "trades": ["AAPL"], "quotes": ["MSFT"]})
+        self.assertEqual((yield client.next())[0]["T"], "subscription")
+        seen = set()
+        while seen != {("t", "AAPL"), ("q", "MSFT")}:
+            for message in (yield client.next()):
+                seen.add((message["T"], message["S"]))
+                self.assertIn((message["T"], message["S"]), {("t", "AAPL"), ("q", "MSFT")})
+        [session] = tree.getServiceNamed("simulator").factory.authenticated()
+        self.assertEqual(session.headers.get("content-type"), "application/msgpack")
