@@ -176,7 +176,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
         if self.session is None:
             self._log.info("client {peer}: auth timeout", peer=self.peer_name)
             self.send_control(error(404))
-            self.sendClose(1000, "auth timeout")
+            self.close(1000, "auth timeout")
 
     # -- called by the router and the session ------------------------------------
 
@@ -201,7 +201,16 @@ class DownstreamProtocol(WebSocketServerProtocol):
     def upstream_refused(self, code: int) -> None:
         """Upstream refused the account this client shares: tell it and hang up."""
         self.send_control(error(code))
-        self.sendClose(1008, "upstream refused credentials")
+        self.close(1008, "upstream refused credentials")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start a close handshake with any protocol close code.
+
+        Autobahn's ``sendClose`` only allows 1000 and 3000-4999; 1001 (going
+        away) and 1008 (policy) are the honest codes here.
+        """
+        if self._sendable:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
     def prepare(self, payload: bytes, binary: bool) -> Any:
         return self.factory.prepareMessage(payload, binary)
@@ -231,3 +240,8 @@ class DownstreamFactory(WebSocketServerFactory):
         self.default_feed = default_feed
         self.auth_timeout = auth_timeout
         self.clients: set[DownstreamProtocol] = set()
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every client's websocket (e.g. 1001 when the proxy stops)."""
+        for client in list(self.clients):
+            client.close(code, reason)

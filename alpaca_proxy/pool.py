@@ -102,7 +102,7 @@ class UpstreamPool(MultiService):
         return service
 
     def _maybe_retire(self, session: UpstreamSession) -> None:
-        if len(session.router) or session in self._retirements:
+        if not self.running or len(session.router) or session in self._retirements:
             return
         self._retirements[session] = self._clock.callLater(
             self._linger, self._retire, session)

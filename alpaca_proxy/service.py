@@ -19,6 +19,14 @@ __all__ = ["Options", "makeService"]
 _log = Logger()
 
 
+class ListenerService(StreamServerEndpointService):
+    """The local listener; on stop, every client gets a 1001 "going away" close first."""
+
+    def stopService(self):
+        self.factory.close_all(1001, "alpaca-proxy shutting down")
+        return super().stopService()
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """Simulator (with ``--simulate``), upstream pool and local listener, in that order."""
     if reactor is None:
@@ -44,7 +52,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     pool.setServiceParent(top)
     factory = DownstreamFactory(pool, reactor, default_feed=options["feed"],
                                 auth_timeout=options["auth-timeout"])
-    listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)
+    listener = ListenerService(serverFromString(reactor, options["listen"]), factory)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup
     listener.setName("listener")
     listener.setServiceParent(top)

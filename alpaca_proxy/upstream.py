@@ -25,9 +25,7 @@ from twisted.logger import Logger
 
 from alpaca_proxy import __version__, codec
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.dialects.alpaca_data import (
-    AUTHENTICATED, AlpacaDataDialect, ProtocolError, error,
-)
+from alpaca_proxy.dialects.alpaca_data import ERRORS, AlpacaDataDialect, ProtocolError
 from alpaca_proxy.paths import Endpoint
 from alpaca_proxy.router import Router
 from alpaca_proxy.timers import use_clock
@@ -274,7 +272,7 @@ class UpstreamSession:
         self.refusal = code
         self._log.error("upstream {path} refused credentials {key}: {code} {text}",
                         path=self.endpoint.path, key=self.credentials.key, code=code,
-                        text=error(code)["msg"] if code in (402, 408, 409, 411, 412) else "")
+                        text=ERRORS.get(code, ""))
         self._verdict_waiters, waiters = [], self._verdict_waiters
         for waiter in waiters:
             waiter.errback(ProtocolError(code))

@@ -133,3 +133,24 @@ class SimulatedServiceTests(TestCase):
                 self.assertIn((message["T"], message["S"]), {("t", "AAPL"), ("q", "MSFT")})
         [session] = tree.getServiceNamed("simulator").factory.authenticated()
         self.assertEqual(session.headers.get("content-type"), "application/msgpack")
+
+    @defer.inlineCallbacks
+    def test_clients_get_going_away_on_shutdown(self):
+        """Stopping the service closes clients with 1001 and upstream with a clean close."""
+        from twisted.internet import reactor
+
+        options = Options(environ={})
+        options.parseOptions(["--simulate", "--listen", "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        client = yield connect(port, "/v2/iex")
+        yield client.next()
+        client.send({"action": "auth", "key": "k", "secret": "s"})
+        yield client.next()
+        simulator = tree.getServiceNamed("simulator").factory
+        simulator.record = True
+        yield tree.stopService()
+        self.assertEqual((yield client.closed), 1001)
+        [upstream] = simulator.closed
+        self.assertEqual((upstream.clean, upstream.close_code), (True, 1000))

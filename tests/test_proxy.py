@@ -368,3 +368,34 @@ class UpstreamLifecycleTests(TestCase):
             c.subscriptions["trades"] == ["AAPL"] for c in upstream.authenticated()))
         upstream.inject([trade("AAPL")])
         self.assertEqual([m["S"] for m in (yield a.next())], ["AAPL"])
+
+
+class SecretHygieneTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_secrets_never_logged(self):
+        """A whole session (good and bad auth, data, upstream drop) logs no secret."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        harness = yield Harness(self).start()
+        client = yield harness.login()
+        intruder = yield harness.connect()
+        yield intruder.next()
+        intruder.send({"action": "auth", "key": KEY, "secret": "WRONG-s3cret-Zq81"})
+        yield intruder.next()
+        client.send({"action": "subscribe", "trades": ["AAPL"]})
+        yield client.next()
+        harness.upstream.inject([trade("AAPL")])
+        yield client.next()
+        lost = harness.pool.sessions[0].next_disconnect()
+        harness.upstream.authenticated()[0].drop()
+        yield lost
+        self.assertGreater(len(events), 5)
+        for event in events:
+            text = formatEvent(event) + repr(sorted(event.items(), key=lambda kv: kv[0]))
+            for secret in (SECRET, "WRONG-s3cret-Zq81"):
+                self.assertNotIn(secret, text)
