@@ -12,7 +12,9 @@ What a client sees (the local wire protocol):
   the upgrade as ``APCA-API-KEY-ID``/``APCA-API-SECRET-KEY`` or HTTP Basic.
   Answers: ``authenticated``, or errors 402 (wrong pair), 403 (again), 404 (no
   auth within the deadline; the socket is then closed), 401 (subscribing first);
-  upstream's 409/411 are passed on.  Messages that arrive while the verdict is
+  upstream's 409/411 are passed on.  Options endpoints speak MessagePack only:
+  without a ``Content-Type`` a client gets MessagePack, and one that asks for
+  JSON gets 412 after the welcome and in reply to every request.  Messages that arrive while the verdict is
   pending are answered after it, in order.
 - ``subscribe``/``unsubscribe`` add to / remove from the client's own state;
   each is answered by one ``subscription`` message listing that whole state,
@@ -54,6 +56,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
     _deadline = None
     endpoint = None
     peer_name = None
+    _msgpack_only_refusal = False
 
     def onConnect(self, request):
         endpoint = paths.resolve(request.path, self.factory.default_feed)
@@ -63,7 +66,16 @@ class DownstreamProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
         self.endpoint = endpoint
         self.dialect = DIALECTS[endpoint.kind]
-        self.encoding = codec.encoding_for(request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        self.encoding = codec.encoding_for(content_type)
+        # Options data exists only as MessagePack: no Content-Type means MessagePack
+        # (the C# client sends none), an explicit JSON request gets 412.
+        self._msgpack_only_refusal = False
+        if endpoint.kind == paths.OPTIONS and self.encoding is codec.JSON:
+            if content_type and "json" in content_type.lower():
+                self._msgpack_only_refusal = True
+            else:
+                self.encoding = codec.MSGPACK
         self.peer_name = request.peer
         self.session = None
         self._header_credentials = header_credentials(request.headers)
@@ -78,6 +90,8 @@ class DownstreamProtocol(WebSocketServerProtocol):
                            path=self.endpoint.path, encoding=self.encoding.name)
             self.factory.clients.add(self)
             self.send_control(WELCOME)
+            if self._msgpack_only_refusal:
+                self.send_control(error(412))
             self._deadline = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_timed_out)
             if self._header_credentials is not None:
@@ -109,6 +123,9 @@ class DownstreamProtocol(WebSocketServerProtocol):
     # -- requests --------------------------------------------------------------
 
     def _handle(self, message: Any) -> None:
+        if self._msgpack_only_refusal:
+            self._bad_input(412, "JSON asked for on a MessagePack-only endpoint")
+            return
         if self._authenticating:
             if len(self._backlog) >= MAX_BACKLOG:
                 self._bad_input(400, "too many messages before the auth verdict")

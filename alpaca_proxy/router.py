@@ -56,6 +56,8 @@ def applied(state: State, change: Change) -> State:
 class _Pending:
     state: State
     needed: set[Key]
+    #: Keys this request adds that upstream already streams.
+    held: set[Key] = field(factory=set)
 
 
 @define
@@ -80,7 +82,10 @@ class _Sent:
 class Router:
     """Subscription books and routing for the clients of one upstream session."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Any = None) -> None:
+        #: Called as on_join(client, keys) after an ack that added keys upstream
+        #: already streamed (upstream sends nothing new for them, e.g. no book).
+        self._on_join = on_join
         self._books: dict[Any, _Book] = {}
         self._wanted: Counter[Key] = Counter()
         self._index: dict[str, dict[str, set[Any]]] = {}
@@ -138,17 +143,19 @@ class Router:
         needed = added - self._stable()
         self._refused -= needed  # asked for again: let upstream judge it again
         if not needed:
-            self._confirm(client, book, new)
+            self._confirm(client, book, new, added)
             self._reconcile()
             return
-        book.pending = _Pending(new, needed)
+        book.pending = _Pending(new, needed, added - needed)
         self._reconcile()
 
-    def _confirm(self, client: Any, book: _Book, state: State) -> None:
+    def _confirm(self, client: Any, book: _Book, state: State, held: set[Key] = frozenset()) -> None:
         self._reindex(client, book.confirmed, state)
         book.confirmed = state
         book.pending = None
         client.acknowledge(state)
+        if held and self._on_join is not None:
+            self._on_join(client, held)
         self._next(client, book)
 
     def _rollback(self, client: Any, book: _Book, code: int) -> None:
@@ -194,7 +201,7 @@ class Router:
         settled = self._stable() | self._refused
         for client, book in list(self._books.items()):
             if book.pending is not None and book.pending.needed <= settled:
-                self._confirm(client, book, book.pending.state)
+                self._confirm(client, book, book.pending.state, book.pending.held)
 
     def upstream_refused(self, code: int) -> Any:
         """Upstream refused our oldest request with an error code.

@@ -24,6 +24,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
 from alpaca_proxy import __version__, codec
+from alpaca_proxy.books import OrderBooks
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import ERRORS, AlpacaDataDialect, ProtocolError
 from alpaca_proxy.paths import Endpoint
@@ -114,7 +115,8 @@ class UpstreamSession:
         self.credentials = credentials
         self.dialect = dialect
         self.clock = clock
-        self.router = Router()
+        self.router = Router(on_join=self._joined)
+        self.books = OrderBooks()
         self.state = "connecting"
         #: True once upstream accepted these credentials on any connection.
         self.verified = False
@@ -185,6 +187,7 @@ class UpstreamSession:
         if was_ready:
             self._bad_sessions = 0
             self.reconnects += 1
+            self.books.clear()  # upstream sends fresh books after the resubscription
             self.router.upstream_lost()
         else:
             self._bad_sessions += 1
@@ -290,6 +293,9 @@ class UpstreamSession:
     def publish(self, elements: list[codec.Element]) -> None:
         """Deliver a frame's data: encode once per (subset, encoding), send to each client."""
         routing = [self.dialect.routing(element.message) for element in elements]
+        for element, (channel, _) in zip(elements, routing):
+            if channel == "orderbooks":
+                self.books.apply(element.message)
         routed = self.router.route(routing)
         groups: dict[tuple[tuple[int, ...], codec.Encoding], list[Any]] = {}
         for client, positions in routed.items():
@@ -300,6 +306,17 @@ class UpstreamSession:
                 prepared = clients[0].prepare(payload, encoding.binary)
                 for client in clients:
                     client.send_prepared(prepared)
+
+    def _joined(self, client: Any, keys: set[tuple[str, str]]) -> None:
+        """A client joined books upstream already streams: send it each whole book."""
+        symbols: dict[str, None] = {}
+        for channel, symbol in sorted(keys):
+            if channel == "orderbooks":
+                symbols.update(dict.fromkeys(self.books.symbols() if symbol == "*" else [symbol]))
+        snapshots = [self.books.snapshot(symbol) for symbol in symbols]
+        elements = [codec.Element.of(snapshot) for snapshot in snapshots if snapshot]
+        for payload in client.encoding.frames(elements):
+            client.send_prepared(client.prepare(payload, client.encoding.binary))
 
     # -- closing ---------------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""Crypto (order books), options, news and the legacy crypto path, through the proxy."""
+
+import msgpack
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from alpaca_proxy.books import OrderBooks
+from alpaca_proxy.dialects.alpaca_data import Change
+from alpaca_proxy.router import Router
+from tests.support import Harness
+
+T0 = msgpack.Timestamp(1714658587, 5000)
+
+
+def book(symbol, bids, asks, r=False, t=T0):
+    message = {"T": "o", "S": symbol, "t": t,
+               "b": [{"p": p, "s": s} for p, s in bids], "a": [{"p": p, "s": s} for p, s in asks]}
+    if r:
+        message["r"] = True
+    return message
+
+
+class OrderBooksTests(SynchronousTestCase):
+    def test_snapshot_replaces_updates_change_and_zero_deletes(self):
+        """r:true replaces the book; updates set levels; size 0 deletes; sorted snapshot."""
+        books = OrderBooks()
+        books.apply(book("BTC/USD", [(100.0, 1.0), (99.0, 2.0)], [(101.0, 1.5)], r=True))
+        books.apply(book("BTC/USD", [(99.0, 0), (99.5, 3.0)], [(102.0, 0.1)]))
+        self.assertEqual(books.snapshot("BTC/USD"), {
+            "T": "o", "S": "BTC/USD", "t": T0,
+            "b": [{"p": 100.0, "s": 1.0}, {"p": 99.5, "s": 3.0}],
+            "a": [{"p": 101.0, "s": 1.5}, {"p": 102.0, "s": 0.1}], "r": True})
+        books.apply(book("BTC/USD", [(1.0, 1.0)], [], r=True))
+        self.assertEqual(books.snapshot("BTC/USD")["b"], [{"p": 1.0, "s": 1.0}])
+        self.assertIsNone(books.snapshot("ETH/USD"))
+
+
+class JoinHookTests(SynchronousTestCase):
+    def test_join_reports_keys_upstream_already_held(self):
+        """on_join names only the keys the client added that upstream already streamed."""
+        joined = []
+        router = Router(on_join=lambda client, keys: joined.append((client, keys)))
+
+        class Client:
+            def acknowledge(self, state):
+                pass
+
+        class Link:
+            def send_change(self, action, keys):
+                pass
+
+        a, b = Client(), Client()
+        router.attach(a)
+        router.attach(b)
+        router.upstream_ready(Link())
+        router.request(a, Change("subscribe", {"orderbooks": ("BTC/USD",)}))
+        router.upstream_acked({("orderbooks", "BTC/USD")})
+        router.request(b, Change("subscribe", {"orderbooks": ("BTC/USD", "ETH/USD")}))
+        router.upstream_acked({("orderbooks", "BTC/USD"), ("orderbooks", "ETH/USD")})
+        self.assertEqual(joined, [(b, {("orderbooks", "BTC/USD")})])
+
+
+CRYPTO_EMPTY = {"T": "subscription", "trades": [], "quotes": [], "orderbooks": [], "bars": [],
+                "updatedBars": [], "dailyBars": []}
+
+
+class CryptoTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.harness = yield Harness(self).start()
+        self.upstream = self.harness.upstream
+
+    @defer.inlineCallbacks
+    def test_late_joiner_gets_whole_book_first(self):
+        """A client joining a book already streamed gets the full book (r:true), then updates."""
+        path = "/v1beta3/crypto/us"
+        a = yield self.harness.login(path=path, msgpack_encoding=True)
+        a.send({"action": "subscribe", "orderbooks": ["BTC/USD"]})
+        self.assertEqual((yield a.next()), [dict(CRYPTO_EMPTY, orderbooks=["BTC/USD"])])
+        self.upstream.inject([book("BTC/USD", [(100.0, 1.0)], [(101.0, 2.0)], r=True)])
+        self.upstream.inject([book("BTC/USD", [(100.5, 0.5)], [(101.0, 0)])])
+        yield a.next()
+        yield a.next()
+        b = yield self.harness.login(path=path)
+        b.send({"action": "subscribe", "orderbooks": ["BTC/USD"]})
+        self.assertEqual((yield b.next()), [dict(CRYPTO_EMPTY, orderbooks=["BTC/USD"])])
+        self.assertEqual((yield b.next()), [{
+            "T": "o", "S": "BTC/USD", "t": "2024-05-02T14:03:07.000005Z",
+            "b": [{"p": 100.5, "s": 0.5}, {"p": 100.0, "s": 1.0}], "a": [], "r": True}])
+        self.assertEqual(len(self.harness.upstream_messages("subscribe")), 1)
+        self.upstream.inject([book("BTC/USD", [(99.0, 1.0)], [])])
+        self.assertEqual((yield b.next())[0]["b"], [{"p": 99.0, "s": 1.0}])
+        self.assertEqual((yield a.next())[0]["b"], [{"p": 99.0, "s": 1.0}])
+
+    @defer.inlineCallbacks
+    def test_legacy_v1beta2_path_served_from_v1beta3_us(self):
+        """/v1beta2/crypto (refused by Alpaca) is served from the v1beta3 "us" upstream."""
+        a = yield self.harness.login(path="/v1beta2/crypto?exchanges=CBSE,ERSX")
+        a.send({"action": "subscribe", "trades": ["BTC/USD"]})
+        yield a.next()
+        [session] = self.upstream.authenticated()
+        self.assertEqual(session.path, "/v1beta3/crypto/us")
+        self.upstream.inject([{"T": "t", "S": "BTC/USD", "p": 60000.5, "s": 0.0123, "t": T0,
+                               "i": 1, "tks": "B"}])
+        self.assertEqual((yield a.next())[0]["s"], 0.0123)
+
+
+class OptionsTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.harness = yield Harness(self).start()
+
+    @defer.inlineCallbacks
+    def test_json_client_gets_412(self):
+        """Asking for JSON on an options endpoint gets 412 with Alpaca's text."""
+        client = yield self.harness.connect(path="/v1beta1/opra",
+                                            headers={"Content-Type": "application/json"})
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "connected"}])
+        refusal = [{"T": "error", "code": 412,
+                    "msg": "option messages are only available in MsgPack format"}]
+        self.assertEqual((yield client.next()), refusal)
+        client.send({"action": "auth", "key": "k", "secret": "s"})
+        self.assertEqual((yield client.next()), refusal)
+
+    @defer.inlineCallbacks
+    def test_no_content_type_means_msgpack(self):
+        """Without a Content-Type, options clients are answered in MessagePack (C#)."""
+        client = yield self.harness.connect(path="/v1beta1/indicative")
+        yield client.next()
+        self.assertEqual(client.binary_flags, [True])
+
+    @defer.inlineCallbacks
+    def test_option_rules(self):
+        """quotes ["*"] is 413; channels options lack are 410; trades and quotes work."""
+        client = yield self.harness.login(path="/v1beta1/opra", msgpack_encoding=True)
+        client.send({"action": "subscribe", "quotes": ["*"]})
+        self.assertEqual((yield client.next())[0]["code"], 413)
+        client.send({"action": "subscribe", "bars": ["SPY250117C00500000"]})
+        self.assertEqual((yield client.next())[0]["code"], 410)
+        client.send({"action": "subscribe", "trades": ["*"], "quotes": ["SPY250117C00500000"]})
+        self.assertEqual((yield client.next()), [{"T": "subscription", "trades": ["*"],
+                                                  "quotes": ["SPY250117C00500000"]}])
+
+
+class NewsTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_stories_by_symbol_and_star_once_each(self):
+        """A story reaches clients of any of its symbols or *, once; no symbols: * only."""
+        harness = yield Harness(self).start()
+        a = yield harness.login(path="/v1beta1/news")
+        b = yield harness.login(path="/v1beta1/news", msgpack_encoding=True)
+        a.send({"action": "subscribe", "news": ["AAPL", "TSLA"]})
+        self.assertEqual((yield a.next()), [{"T": "subscription", "news": ["AAPL", "TSLA"]}])
+        b.send({"action": "subscribe", "news": ["*"]})
+        yield b.next()
+        stories = [
+            {"T": "n", "id": 1, "headline": "both", "created_at": T0, "updated_at": T0,
+             "symbols": ["TSLA", "AAPL"], "source": "x"},
+            {"T": "n", "id": 2, "headline": "other", "created_at": T0, "updated_at": T0,
+             "symbols": ["MSFT"], "source": "x"},
+            {"T": "n", "id": 3, "headline": "market", "created_at": T0, "updated_at": T0,
+             "symbols": [], "source": "x"},
+        ]
+        harness.upstream.inject(stories)
+        got_a = yield a.next()
+        self.assertEqual([s["id"] for s in got_a], [1])
+        self.assertEqual(got_a[0]["created_at"], "2024-05-02T14:03:07.000005Z")
+        got_b = yield b.next()
+        self.assertEqual([s["id"] for s in got_b], [1, 2, 3])
+        self.assertIsInstance(got_b[0]["created_at"], msgpack.Timestamp)
