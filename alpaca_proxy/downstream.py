@@ -47,8 +47,13 @@ MAX_BACKLOG = 64
 MAX_CLIENT_MESSAGE = 16 << 20
 
 
-class DownstreamProtocol(WebSocketServerProtocol):
-    """One local client: frames in, router calls out; acks and data back."""
+class ClientProtocol(WebSocketServerProtocol):
+    """What every local client connection shares.
+
+    The auth gate (messages that arrive while a verdict is pending wait for it,
+    in order), the auth deadline, joining and leaving the upstream session, and
+    sending.  Subclasses speak their stream's protocol through the hooks below.
+    """
 
     _log = Logger()
     # onClose may run without onConnect/onOpen (a failed handshake).
@@ -56,32 +61,48 @@ class DownstreamProtocol(WebSocketServerProtocol):
     _deadline = None
     endpoint = None
     peer_name = None
-    _msgpack_only_refusal = False
+    encoding = codec.JSON
+
+    # -- hooks -------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> paths.Endpoint | None:
+        """The upstream endpoint a request path stands for, or None (HTTP 404)."""
+        raise NotImplementedError
+
+    def _opened(self) -> None:
+        """The websocket is open (send a greeting, if the protocol has one)."""
+
+    def _request(self, message: Any) -> None:
+        """Handle one decoded message, outside any pending auth verdict."""
+        raise NotImplementedError
+
+    def _undecodable(self, why: str) -> None:
+        raise NotImplementedError
+
+    def _auth_accepted(self) -> None:
+        raise NotImplementedError
+
+    def _auth_refused(self, code: int) -> None:
+        raise NotImplementedError
+
+    def _deadline_passed(self) -> None:
+        """Say why the connection is about to close for lack of auth."""
+
+    # -- websocket events ------------------------------------------------------
 
     def onConnect(self, request):
-        endpoint = paths.resolve(request.path, self.factory.default_feed)
+        endpoint = self._resolve(request.path)
         if endpoint is None:
             self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
                            path=request.path)
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
         self.endpoint = endpoint
-        self.dialect = DIALECTS[endpoint.kind]
-        content_type = request.headers.get("content-type")
-        self.encoding = codec.encoding_for(content_type)
-        # Options data exists only as MessagePack: no Content-Type means MessagePack
-        # (the C# client sends none), an explicit JSON request gets 412.
-        self._msgpack_only_refusal = False
-        if endpoint.kind == paths.OPTIONS and self.encoding is codec.JSON:
-            if content_type and "json" in content_type.lower():
-                self._msgpack_only_refusal = True
-            else:
-                self.encoding = codec.MSGPACK
+        self.content_type = request.headers.get("content-type")
+        self.encoding = codec.encoding_for(self.content_type)
         self.peer_name = request.peer
-        self.session = None
         self._header_credentials = header_credentials(request.headers)
         self._authenticating = False
         self._backlog: deque[Any] = deque()
-        self._deadline = None
         return None
 
     def onOpen(self):
@@ -89,9 +110,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
             self._log.info("client {peer} connected to {path} ({encoding})", peer=self.peer_name,
                            path=self.endpoint.path, encoding=self.encoding.name)
             self.factory.clients.add(self)
-            self.send_control(WELCOME)
-            if self._msgpack_only_refusal:
-                self.send_control(error(412))
+            self._opened()
             self._deadline = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_timed_out)
             if self._header_credentials is not None:
@@ -104,7 +123,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
         try:
             message = codec.decode(payload)
         except codec.DecodeError as failure:
-            self._bad_input(400, "undecodable payload: %s" % (failure,))
+            self._undecodable("undecodable payload: %s" % (failure,))
             return
         messages = message if isinstance(message, list) and message else [message]
         for each in messages:
@@ -120,37 +139,16 @@ class DownstreamProtocol(WebSocketServerProtocol):
             self._log.info("client {peer} left {path}: code={code}", peer=self.peer_name,
                            path=self.endpoint.path, code=code)
 
-    # -- requests --------------------------------------------------------------
+    # -- the auth gate -----------------------------------------------------------
 
     def _handle(self, message: Any) -> None:
-        if self._msgpack_only_refusal:
-            self._bad_input(412, "JSON asked for on a MessagePack-only endpoint")
-            return
         if self._authenticating:
             if len(self._backlog) >= MAX_BACKLOG:
-                self._bad_input(400, "too many messages before the auth verdict")
+                self._undecodable("too many messages before the auth verdict")
                 return
             self._backlog.append(message)
             return
-        try:
-            request = self.dialect.parse(message)
-        except ProtocolError as refused:
-            self._bad_input(refused.code, "refused request")
-            return
-        if isinstance(request, Auth):
-            if self.session is not None:
-                self.send_control(error(403))
-            else:
-                self._authenticate(request.credentials)
-        elif self.session is None:
-            self.send_control(error(401))
-        else:
-            self.session.router.request(self, request)
-
-    def _bad_input(self, code: int, why: str) -> None:
-        self._log.info("client {peer} on {path}: {code} ({why})", peer=self.peer_name,
-                       path=self.endpoint.path, code=code, why=why)
-        self.send_control(error(code))
+        self._request(message)
 
     def _authenticate(self, credentials) -> None:
         self._authenticating = True
@@ -168,7 +166,7 @@ class DownstreamProtocol(WebSocketServerProtocol):
         self.factory.pool.join(session, self)
         self._log.info("client {peer} authenticated on {path} as {key}", peer=self.peer_name,
                        path=self.endpoint.path, key=session.credentials.key)
-        self.send_control(AUTHENTICATED)
+        self._auth_accepted()
         self._drain()
 
     def _auth_failed(self, failure) -> None:
@@ -182,43 +180,28 @@ class DownstreamProtocol(WebSocketServerProtocol):
             return
         self._log.info("client {peer} on {path}: auth refused with {code}", peer=self.peer_name,
                        path=self.endpoint.path, code=code)
-        self.send_control(error(code))
+        self._auth_refused(code)
         self._drain()
 
     def _drain(self) -> None:
         while self._backlog and not self._authenticating:
-            self._handle(self._backlog.popleft())
+            self._request(self._backlog.popleft())
 
     def _auth_timed_out(self) -> None:
         if self.session is None:
             self._log.info("client {peer}: auth timeout", peer=self.peer_name)
-            self.send_control(error(404))
+            self._deadline_passed()
             self.close(1000, "auth timeout")
 
-    # -- called by the router and the session ------------------------------------
+    # -- sending -----------------------------------------------------------------
 
     @property
     def _sendable(self) -> bool:
         return self.state == WebSocketProtocol.STATE_OPEN
 
-    def send_control(self, message: dict) -> None:
+    def send_payload(self, payload: bytes, binary: bool) -> None:
         if self._sendable:
-            self.sendMessage(self.encoding.control(message), self.encoding.binary)
-
-    def acknowledge(self, state) -> None:
-        """The router confirmed a state: send the full ``subscription`` ack."""
-        self.send_control(self.dialect.ack(state))
-
-    def refuse(self, code: int) -> None:
-        """The router refused a request (an upstream error): pass it on."""
-        self._log.info("client {peer} on {path}: request refused upstream with {code}",
-                       peer=self.peer_name, path=self.endpoint.path, code=code)
-        self.send_control(error(code))
-
-    def upstream_refused(self, code: int) -> None:
-        """Upstream refused the account this client shares: tell it and hang up."""
-        self.send_control(error(code))
-        self.close(1008, "upstream refused credentials")
+            self.sendMessage(payload, binary)
 
     def close(self, code: int, reason: str) -> None:
         """Start a close handshake with any protocol close code.
@@ -235,6 +218,88 @@ class DownstreamProtocol(WebSocketServerProtocol):
     def send_prepared(self, prepared: Any) -> None:
         if self._sendable:
             self.sendPreparedMessage(prepared)
+
+    def upstream_refused(self, code: int) -> None:
+        """Upstream refused the account this client shares: tell it and hang up."""
+        self._auth_refused(code)
+        self.close(1008, "upstream refused credentials")
+
+
+class DownstreamProtocol(ClientProtocol):
+    """A market-data client: Alpaca's data protocol over the router."""
+
+    _msgpack_only_refusal = False
+
+    def _resolve(self, path: str) -> paths.Endpoint | None:
+        return paths.resolve(path, self.factory.default_feed)
+
+    def onConnect(self, request):
+        super().onConnect(request)
+        self.dialect = DIALECTS[self.endpoint.kind]
+        # Options data exists only as MessagePack: no Content-Type means MessagePack
+        # (the C# client sends none), an explicit JSON request gets 412.
+        if self.endpoint.kind == paths.OPTIONS and self.encoding is codec.JSON:
+            if self.content_type and "json" in self.content_type.lower():
+                self._msgpack_only_refusal = True
+            else:
+                self.encoding = codec.MSGPACK
+        return None
+
+    def _opened(self) -> None:
+        self.send_control(WELCOME)
+        if self._msgpack_only_refusal:
+            self.send_control(error(412))
+
+    def _request(self, message: Any) -> None:
+        if self._msgpack_only_refusal:
+            self._bad_input(412, "JSON asked for on a MessagePack-only endpoint")
+            return
+        try:
+            request = self.dialect.parse(message)
+        except ProtocolError as refused:
+            self._bad_input(refused.code, "refused request")
+            return
+        if isinstance(request, Auth):
+            if self.session is not None or self._authenticating:
+                self.send_control(error(403))
+            else:
+                self._authenticate(request.credentials)
+        elif self.session is None:
+            self.send_control(error(401))
+        else:
+            self.session.router.request(self, request)
+
+    def _undecodable(self, why: str) -> None:
+        self._bad_input(400, why)
+
+    def _bad_input(self, code: int, why: str) -> None:
+        self._log.info("client {peer} on {path}: {code} ({why})", peer=self.peer_name,
+                       path=self.endpoint.path, code=code, why=why)
+        self.send_control(error(code))
+
+    def _auth_accepted(self) -> None:
+        self.send_control(AUTHENTICATED)
+
+    def _auth_refused(self, code: int) -> None:
+        self.send_control(error(code))
+
+    def _deadline_passed(self) -> None:
+        self.send_control(error(404))
+
+    # -- called by the router and the session ------------------------------------
+
+    def send_control(self, message: dict) -> None:
+        self.send_payload(self.encoding.control(message), self.encoding.binary)
+
+    def acknowledge(self, state) -> None:
+        """The router confirmed a state: send the full ``subscription`` ack."""
+        self.send_control(self.dialect.ack(state))
+
+    def refuse(self, code: int) -> None:
+        """The router refused a request (an upstream error): pass it on."""
+        self._log.info("client {peer} on {path}: request refused upstream with {code}",
+                       peer=self.peer_name, path=self.endpoint.path, code=code)
+        self.send_control(error(code))
 
 
 class DownstreamFactory(WebSocketServerFactory):

@@ -63,24 +63,24 @@ class UpstreamProtocol(WebSocketClientProtocol):
         self.factory.session.connected(self)
 
     def onMessage(self, payload, isBinary):
-        self.factory.session.received(payload)
+        self.factory.session.received(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
         self.factory.session.disconnected(self, wasClean, code, reason)
 
     def send(self, message: dict) -> None:
-        self.sendMessage(codec.to_msgpack(message), isBinary=True)
+        self.sendMessage(*self.factory.session.encode(message))
 
 
 class UpstreamFactory(WebSocketClientFactory):
-    """Asks for MessagePack, so timestamps arrive as ext -1 and can be passed through."""
+    """The session's upgrade headers, our user agent, timers on the session's clock."""
 
     protocol = UpstreamProtocol
 
-    def __init__(self, session: "UpstreamSession", url: str, reactor: Any) -> None:
+    def __init__(self, session: "BaseUpstreamSession", url: str, reactor: Any) -> None:
         super().__init__(
             url,
-            headers={"Content-Type": "application/msgpack"},
+            headers=dict(session.upgrade_headers),
             useragent="alpaca-proxy/%s" % (__version__,),
             reactor=reactor,
         )
@@ -94,47 +94,58 @@ class UpstreamFactory(WebSocketClientFactory):
         )
 
 
-class UpstreamSession:
-    """One upstream connection's conversation, and its clients' router.
+class BaseUpstreamSession:
+    """What every upstream conversation shares: connection, backoff, auth verdicts.
 
-    States: ``connecting`` (no socket or no welcome yet), ``authenticating``,
-    ``ready``, ``refused`` (upstream gave a fatal auth error).
+    Subclasses handle ``received`` frames and call ``_authenticated`` or
+    ``_refused``; ``_lost`` runs when an authenticated connection drops.
+    States: ``connecting``, ``authenticating``, ``ready``, ``refused``.
     """
 
     _log = Logger()
+    #: Headers of the upgrade request upstream.
+    upgrade_headers: dict[str, str] = {}
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        credentials: Credentials,
-        dialect: AlpacaDataDialect,
-        clock: Any,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, credentials: Credentials, clock: Any,
+                 rng: random.Random | None = None) -> None:
         self.endpoint = endpoint
         self.credentials = credentials
-        self.dialect = dialect
         self.clock = clock
-        self.router = Router(on_join=self._joined)
-        self.books = OrderBooks()
         self.state = "connecting"
         #: True once upstream accepted these credentials on any connection.
         self.verified = False
         #: The fatal error code upstream answered auth with, if any.
         self.refusal: int | None = None
         self.reconnects = 0
-        self.on_refused: Callable[["UpstreamSession", int], None] | None = None
+        self.on_refused: Callable[["BaseUpstreamSession", int], None] | None = None
         self._rng = rng or random.Random()
         self._protocol: UpstreamProtocol | None = None
         self._bad_sessions = 0
-        self._auth_attempts = 0
-        self._auth_retry: Any = None
         self._verdict_waiters: list[Deferred] = []
         self._closed_waiters: list[Deferred] = []
 
     def __repr__(self) -> str:
-        return "<UpstreamSession %s key=%s %s>" % (
-            self.endpoint.path, self.credentials.key, self.state)
+        return "<%s %s key=%s %s>" % (type(self).__name__, self.endpoint.path,
+                                      self.credentials.key, self.state)
+
+    # -- for subclasses ------------------------------------------------------
+
+    def encode(self, message: dict) -> tuple[bytes, bool]:
+        """A message to upstream as (payload, is_binary)."""
+        raise NotImplementedError
+
+    def received(self, payload: bytes, binary: bool) -> None:
+        raise NotImplementedError
+
+    def _on_connected(self) -> None:
+        """The websocket is open."""
+
+    def _lost(self) -> None:
+        """An authenticated connection dropped."""
+
+    def _send(self, message: dict) -> None:
+        if self._protocol is not None:
+            self._protocol.send(message)
 
     # -- for ClientService ---------------------------------------------------
 
@@ -158,37 +169,31 @@ class UpstreamSession:
         self._verdict_waiters.append(waiter)
         return waiter
 
-    def attach(self, client: Any) -> None:
-        self.router.attach(client)
-
-    def detach(self, client: Any) -> None:
-        self.router.detach(client)
+    @property
+    def idle(self) -> bool:
+        """No client is attached."""
+        raise NotImplementedError
 
     # -- for the protocol ----------------------------------------------------
 
     def connected(self, protocol: UpstreamProtocol) -> None:
-        """The websocket is open; the welcome comes next."""
         self._protocol = protocol
         self.state = "connecting"
-        self._auth_attempts = 0
         self._log.info("upstream {path} connected ({key})", path=self.endpoint.path,
                        key=self.credentials.key)
+        self._on_connected()
 
     def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
         if protocol is not self._protocol and self._protocol is not None:
             return
         was_ready = self.state == "ready"
         self._protocol = None
-        if self._auth_retry is not None and self._auth_retry.active():
-            self._auth_retry.cancel()
-        self._auth_retry = None
         if self.state != "refused":
             self.state = "connecting"
         if was_ready:
             self._bad_sessions = 0
             self.reconnects += 1
-            self.books.clear()  # upstream sends fresh books after the resubscription
-            self.router.upstream_lost()
+            self._lost()
         else:
             self._bad_sessions += 1
         self._log.info(
@@ -199,7 +204,97 @@ class UpstreamSession:
         for waiter in waiters:
             waiter.callback(None)
 
-    def received(self, payload: bytes) -> None:
+    # -- verdicts --------------------------------------------------------------
+
+    def _authenticated(self) -> None:
+        self.state = "ready"
+        self.verified = True
+        self._bad_sessions = 0
+        self._log.info("upstream {path} authenticated ({key})", path=self.endpoint.path,
+                       key=self.credentials.key)
+        self._verdict_waiters, waiters = [], self._verdict_waiters
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _refused(self, code: int) -> None:
+        self.state = "refused"
+        self.refusal = code
+        self._log.error("upstream {path} refused credentials {key}: {code} {text}",
+                        path=self.endpoint.path, key=self.credentials.key, code=code,
+                        text=ERRORS.get(code, ""))
+        self._verdict_waiters, waiters = [], self._verdict_waiters
+        for waiter in waiters:
+            waiter.errback(ProtocolError(code))
+        if self.on_refused is not None:
+            self.on_refused(self, code)
+
+    # -- closing ---------------------------------------------------------------
+
+    def next_disconnect(self) -> Deferred:
+        """Fires when the current (or next) upstream connection is lost."""
+        waiter: Deferred = Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
+
+    def close(self) -> Deferred:
+        """Close the websocket with a close handshake; fires when it is gone."""
+        if self._protocol is None:
+            return succeed(None)
+        waiter = self.next_disconnect()
+        self._protocol.sendClose(1000, "alpaca-proxy closing")
+        return waiter
+
+
+class UpstreamSession(BaseUpstreamSession):
+    """A market-data upstream: its clients' router, replay and fan-out.
+
+    Asks for MessagePack, so timestamps arrive as ext -1 and pass through.
+    """
+
+    upgrade_headers = {"Content-Type": "application/msgpack"}
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        dialect: AlpacaDataDialect,
+        clock: Any,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(endpoint, credentials, clock, rng)
+        self.dialect = dialect
+        self.router = Router(on_join=self._joined)
+        self.books = OrderBooks()
+        self._auth_attempts = 0
+        self._auth_retry: Any = None
+
+    def encode(self, message: dict) -> tuple[bytes, bool]:
+        return codec.to_msgpack(message), True
+
+    @property
+    def idle(self) -> bool:
+        return not len(self.router)
+
+    def attach(self, client: Any) -> None:
+        self.router.attach(client)
+
+    def detach(self, client: Any) -> None:
+        self.router.detach(client)
+
+    def _on_connected(self) -> None:
+        self._auth_attempts = 0
+
+    def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
+        if self._auth_retry is not None and self._auth_retry.active():
+            self._auth_retry.cancel()
+        self._auth_retry = None
+        super().disconnected(protocol, clean, code, reason)
+
+    def _lost(self) -> None:
+        self.books.clear()  # upstream sends fresh books after the resubscription
+        self.router.upstream_lost()
+
+    def received(self, payload: bytes, binary: bool = True) -> None:
         """One upstream frame: control messages are handled, data fanned out."""
         try:
             elements = codec.split_frame(payload)
@@ -236,18 +331,11 @@ class UpstreamSession:
             return
         self.state = "authenticating"
         self._auth_attempts += 1
-        self._protocol.send({"action": "auth", "key": self.credentials.key,
-                             "secret": self.credentials.secret})
+        self._send({"action": "auth", "key": self.credentials.key,
+                    "secret": self.credentials.secret})
 
     def _authenticated(self) -> None:
-        self.state = "ready"
-        self.verified = True
-        self._bad_sessions = 0
-        self._log.info("upstream {path} authenticated ({key})", path=self.endpoint.path,
-                       key=self.credentials.key)
-        self._verdict_waiters, waiters = [], self._verdict_waiters
-        for waiter in waiters:
-            waiter.callback(None)
+        super()._authenticated()
         self.router.upstream_ready(self)
 
     def _error(self, code: Any, text: Any) -> None:
@@ -270,23 +358,10 @@ class UpstreamSession:
         self._log.warn("upstream {path} error {code} {text}", path=self.endpoint.path,
                        code=code, text=text)
 
-    def _refused(self, code: int) -> None:
-        self.state = "refused"
-        self.refusal = code
-        self._log.error("upstream {path} refused credentials {key}: {code} {text}",
-                        path=self.endpoint.path, key=self.credentials.key, code=code,
-                        text=ERRORS.get(code, ""))
-        self._verdict_waiters, waiters = [], self._verdict_waiters
-        for waiter in waiters:
-            waiter.errback(ProtocolError(code))
-        if self.on_refused is not None:
-            self.on_refused(self, code)
-
     # -- link, for the router --------------------------------------------------
 
     def send_change(self, action: str, keys: list[tuple[str, str]]) -> None:
-        if self._protocol is not None:
-            self._protocol.send(self.dialect.request(action, keys))
+        self._send(self.dialect.request(action, keys))
 
     # -- data ------------------------------------------------------------------
 
@@ -318,27 +393,11 @@ class UpstreamSession:
         for payload in client.encoding.frames(elements):
             client.send_prepared(client.prepare(payload, client.encoding.binary))
 
-    # -- closing ---------------------------------------------------------------
-
-    def next_disconnect(self) -> Deferred:
-        """Fires when the current (or next) upstream connection is lost."""
-        waiter: Deferred = Deferred()
-        self._closed_waiters.append(waiter)
-        return waiter
-
-    def close(self) -> Deferred:
-        """Close the websocket with a close handshake; fires when it is gone."""
-        if self._protocol is None:
-            return succeed(None)
-        waiter = self.next_disconnect()
-        self._protocol.sendClose(1000, "alpaca-proxy closing")
-        return waiter
-
 
 class UpstreamService(MultiService):
     """A session's reconnecting connection, closed with a handshake on stop."""
 
-    def __init__(self, session: UpstreamSession, url: str, reactor: Any) -> None:
+    def __init__(self, session: BaseUpstreamSession, url: str, reactor: Any) -> None:
         super().__init__()
         self.session = session
         self.url = url

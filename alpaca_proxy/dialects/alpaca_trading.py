@@ -1,0 +1,81 @@
+"""Alpaca's trading stream (``/stream``): account-wide order updates, as pure translation.
+
+Messages are single objects, not arrays.  Two auth forms exist: the current
+``{"action":"auth","key","secret"}`` and the legacy
+``{"action":"authenticate","data":{"key_id","secret_key"}}`` that alpaca-py 0.44,
+alpaca-trade-api, the JS and C# SDKs send.  ``listen`` replaces the client's set
+of streams; only ``trade_updates`` exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+from alpaca_proxy.credentials import Credentials
+
+STREAMS = ("trade_updates",)
+
+
+class TradingError(Exception):
+    """A client message the trading stream cannot take."""
+
+
+@frozen
+class TradingAuth:
+    credentials: Credentials
+
+
+@frozen
+class Listen:
+    streams: tuple[str, ...]
+
+
+def parse(message: Any) -> TradingAuth | Listen:
+    """One decoded client message as a request; TradingError if malformed."""
+    if not isinstance(message, dict):
+        raise TradingError("invalid syntax")
+    action = message.get("action")
+    data = message.get("data")
+    if action == "auth":
+        key, secret = message.get("key"), message.get("secret")
+    elif action == "authenticate" and isinstance(data, dict):
+        key, secret = data.get("key_id"), data.get("secret_key")
+    elif action == "listen" and isinstance(data, dict):
+        streams = data.get("streams")
+        if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+            raise TradingError("invalid syntax")
+        return Listen(tuple(s for s in dict.fromkeys(streams) if s in STREAMS))
+    else:
+        raise TradingError("invalid syntax")
+    if not isinstance(key, str) or not isinstance(secret, str):
+        raise TradingError("invalid syntax")
+    return TradingAuth(Credentials(key, secret))
+
+
+def authorization(authorized: bool, action: str = "authenticate") -> dict[str, Any]:
+    """The ``authorization`` reply (live servers add a message when refusing)."""
+    data: dict[str, Any] = {"status": "authorized" if authorized else "unauthorized",
+                            "action": action}
+    if not authorized and action == "authenticate":
+        data["message"] = "access key verification failed"
+    return {"stream": "authorization", "data": data}
+
+
+def listening(streams: tuple[str, ...]) -> dict[str, Any]:
+    return {"stream": "listening", "data": {"streams": list(streams)}}
+
+
+def error(text: str) -> dict[str, Any]:
+    """Reply to input the stream cannot parse (Alpaca's own shape is undocumented)."""
+    return {"stream": "error", "data": {"error_message": text}}
+
+
+def auth_request(credentials: Credentials) -> dict[str, Any]:
+    """How the proxy authenticates upstream (the current documented form)."""
+    return {"action": "auth", "key": credentials.key, "secret": credentials.secret}
+
+
+def listen_request(streams: tuple[str, ...] = STREAMS) -> dict[str, Any]:
+    return {"action": "listen", "data": {"streams": list(streams)}}
