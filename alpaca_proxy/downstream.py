@@ -303,12 +303,14 @@ class DownstreamProtocol(ClientProtocol):
 
 
 class DownstreamFactory(WebSocketServerFactory):
-    """Local clients' websocket server."""
+    """Local clients' websocket server, for one protocol class."""
 
     protocol = DownstreamProtocol
 
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
-                 auth_timeout: float = 10.0) -> None:
+                 auth_timeout: float = 10.0, protocol: type | None = None) -> None:
+        if protocol is not None:
+            self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
         self.setProtocolOptions(
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE,

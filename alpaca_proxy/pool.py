@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
 from alpaca_proxy.paths import Endpoint
-from alpaca_proxy.upstream import UpstreamService, UpstreamSession
+from alpaca_proxy.trading import TRADING, TradingSession
+from alpaca_proxy.upstream import BaseUpstreamSession, UpstreamService, UpstreamSession
 
 #: How long a locally verified client waits for upstream's own verdict before
 #: it is told ``authenticated`` anyway (Go clients give up after 3 s).
@@ -38,6 +39,7 @@ class UpstreamPool(MultiService):
         reactor: Any,
         data_url: Callable[[], str],
         credentials: Credentials | None = None,
+        trading_url: Callable[[], str] | None = None,
         linger: float = 30.0,
         clock: Any = None,
     ) -> None:
@@ -46,13 +48,14 @@ class UpstreamPool(MultiService):
         #: Timers (linger, verdict wait, retries); the reactor unless a test gives a Clock.
         self._clock = reactor if clock is None else clock
         self._data_url = data_url
+        self._trading_url = trading_url or data_url
         self._credentials = credentials
         self._linger = linger
         self._sessions: dict[tuple[str, str], UpstreamService] = {}
         self._retirements: dict[UpstreamSession, Any] = {}
 
     @property
-    def sessions(self) -> list[UpstreamSession]:
+    def sessions(self) -> list[BaseUpstreamSession]:
         return [service.session for service in self._sessions.values()]
 
     def authenticate(self, endpoint: Endpoint, credentials: Credentials) -> Deferred:
@@ -78,38 +81,44 @@ class UpstreamPool(MultiService):
 
         return verdict.addBoth(settled).addCallback(lambda _: session)
 
-    def join(self, session: UpstreamSession, client: Any) -> None:
+    def join(self, session: BaseUpstreamSession, client: Any) -> None:
         """Attach an authenticated client to its session."""
         pending = self._retirements.pop(session, None)
         if pending is not None and pending.active():
             pending.cancel()
         session.attach(client)
 
-    def leave(self, session: UpstreamSession, client: Any) -> None:
+    def leave(self, session: BaseUpstreamSession, client: Any) -> None:
         """Detach a client; the session lingers, then closes if nobody came back."""
         session.detach(client)
         self._maybe_retire(session)
 
     def _open(self, endpoint: Endpoint, credentials: Credentials) -> UpstreamService:
-        session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
-                                  clock=self._clock)
+        session: BaseUpstreamSession
+        if endpoint.kind == TRADING:
+            session = TradingSession(endpoint, credentials, clock=self._clock)
+            base = self._trading_url()
+        else:
+            session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
+                                      clock=self._clock)
+            base = self._data_url()
         session.on_refused = self._refused
-        url = self._data_url().rstrip("/") + endpoint.path
+        url = base.rstrip("/") + endpoint.path
         service = UpstreamService(session, url, self._reactor)
         self._sessions[(credentials.key, endpoint.path)] = service
         self._log.info("opening upstream {url} for key {key}", url=url, key=credentials.key)
         service.setServiceParent(self)
         return service
 
-    def _maybe_retire(self, session: UpstreamSession) -> None:
-        if not self.running or len(session.router) or session in self._retirements:
+    def _maybe_retire(self, session: BaseUpstreamSession) -> None:
+        if not self.running or not session.idle or session in self._retirements:
             return
         self._retirements[session] = self._clock.callLater(
             self._linger, self._retire, session)
 
-    def _retire(self, session: UpstreamSession) -> Deferred:
+    def _retire(self, session: BaseUpstreamSession) -> Deferred:
         self._retirements.pop(session, None)
-        if len(session.router):
+        if not session.idle:
             return succeed(None)
         key = (session.credentials.key, session.endpoint.path)
         service = self._sessions.get(key)
@@ -120,9 +129,9 @@ class UpstreamPool(MultiService):
                        key=session.credentials.key)
         return service.disownServiceParent() or succeed(None)
 
-    def _refused(self, session: UpstreamSession, code: int) -> None:
+    def _refused(self, session: BaseUpstreamSession, code: int) -> None:
         """Upstream refused the account: stop dialling, tell the clients, forget it."""
-        for client in list(session.router.clients):
+        for client in session.clients:
             client.upstream_refused(code)
         key = (session.credentials.key, session.endpoint.path)
         service = self._sessions.get(key)

@@ -13,6 +13,8 @@ from alpaca_proxy.downstream import DownstreamFactory
 from alpaca_proxy.options import Options
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import SimulatorService
+from alpaca_proxy.trading import TradingProtocol
+from alpaca_proxy.web import StreamSite
 
 __all__ = ["Options", "makeService"]
 
@@ -23,7 +25,7 @@ class ListenerService(StreamServerEndpointService):
     """The local listener; on stop, every client gets a 1001 "going away" close first."""
 
     def stopService(self):
-        self.factory.close_all(1001, "alpaca-proxy shutting down")
+        self.factory.close_all(1001, "alpaca-proxy shutting down")  # the StreamSite
         return super().stopService()
 
 
@@ -42,20 +44,29 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         def data_url() -> str:
             assert simulator.url is not None, "simulator not listening yet"
             return simulator.url
+
+        def trading_url() -> str:
+            return data_url()
     else:
         def data_url() -> str:
             return options["data-url"]
 
+        def trading_url() -> str:
+            return options["trading-url"]
+
     pool = UpstreamPool(reactor, data_url, credentials=options["credentials"],
-                        linger=options["linger"])
+                        linger=options["linger"], trading_url=trading_url)
     pool.setName("upstreams")
     pool.setServiceParent(top)
-    factory = DownstreamFactory(pool, reactor, default_feed=options["feed"],
-                                auth_timeout=options["auth-timeout"])
-    listener = ListenerService(serverFromString(reactor, options["listen"]), factory)
+    data = DownstreamFactory(pool, reactor, default_feed=options["feed"],
+                             auth_timeout=options["auth-timeout"])
+    trading = DownstreamFactory(pool, reactor, default_feed=options["feed"],
+                                auth_timeout=options["auth-timeout"], protocol=TradingProtocol)
+    site = StreamSite(data, trading)
+    listener = ListenerService(serverFromString(reactor, options["listen"]), site)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup
     listener.setName("listener")
     listener.setServiceParent(top)
-    top.factory = factory  # type: ignore[attr-defined]
+    top.site = site  # type: ignore[attr-defined]
     top.pool = pool  # type: ignore[attr-defined]
     return top

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from alpaca_proxy.timers import use_clock
 
 _PATHS = [
+    ("trading", re.compile(r"/stream/?")),
     ("stocks", re.compile(r"/v2/[a-z_]+|/v1beta1/(boats|overnight)")),
     ("crypto", re.compile(r"/v1beta3/crypto/[a-z0-9\-]+")),
     ("news", re.compile(r"/v1beta1/news")),
@@ -42,6 +43,7 @@ _CHANNELS = {
     "crypto": ["trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars"],
     "news": ["news"],
     "options": ["trades", "quotes"],
+    "trading": [],
 }
 
 _ERRORS = {
@@ -91,12 +93,14 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
         self.msgpack = "msgpack" in request.headers.get("content-type", "")
         self.key = None
         self.subscriptions = {name: [] for name in _CHANNELS[self.kind]}
+        self.listening: list[str] = []
         self.headers = dict(request.headers)
         return None
 
     def onOpen(self):
         self.factory.connections.append(self)
-        self.send([{"T": "success", "msg": "connected"}])
+        if self.kind != "trading":  # the trading stream has no welcome
+            self.send([{"T": "success", "msg": "connected"}])
         self.factory.changed()
 
     def onClose(self, wasClean, code, reason):
@@ -136,6 +140,8 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
             self.factory.received.append((self.path, message))
         if not isinstance(message, dict):
             return self.error(400)
+        if self.kind == "trading":
+            return self._trading(message)
         action = message.get("action")
         if action == "auth":
             return self._auth(message)
@@ -144,6 +150,29 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
                 return self.error(401)
             return self._change(action, message)
         return self.error(400)
+
+    def _trading(self, message: dict) -> None:
+        """The trading stream: single JSON objects, two auth forms, listen."""
+        def reply(obj: dict) -> None:
+            self.sendMessage(json.dumps(obj).encode(), isBinary=True)
+
+        action, data = message.get("action"), message.get("data") or {}
+        if action in ("auth", "authenticate"):
+            key = message.get("key") if action == "auth" else data.get("key_id")
+            secret = message.get("secret") if action == "auth" else data.get("secret_key")
+            accounts = self.factory.accounts
+            if accounts is not None and accounts.get(key) != secret:
+                return reply({"stream": "authorization", "data": {
+                    "status": "unauthorized", "action": "authenticate"}})
+            self.key = key
+            return reply({"stream": "authorization", "data": {
+                "status": "authorized", "action": "authenticate"}})
+        if action == "listen":
+            if self.key is None:
+                return reply({"stream": "authorization", "data": {
+                    "status": "unauthorized", "action": "listen"}})
+            self.listening = [s for s in data.get("streams", []) if s == "trade_updates"]
+            return reply({"stream": "listening", "data": {"streams": self.listening}})
 
     def _auth(self, message: dict) -> None:
         factory = self.factory
@@ -255,10 +284,18 @@ class FakeAlpacaFactory(WebSocketServerFactory):
         return [c for c in self.connections if c.key is not None and path in (None, c.path)]
 
     def inject(self, messages: list, path: str | None = None) -> None:
-        """Send data messages to every authenticated session (on one path)."""
+        """Send data messages to every authenticated data session (on one path)."""
         for connection in list(self.connections):
-            if connection.key is not None and path in (None, connection.path):
+            if connection.key is not None and connection.kind != "trading" and path in (
+                    None, connection.path):
                 connection.send(messages)
+
+    def trade_update(self, data: dict, binary: bool = True) -> None:
+        """Send one ``trade_updates`` event to every trading session listening."""
+        payload = json.dumps({"stream": "trade_updates", "data": data}).encode()
+        for connection in list(self.connections):
+            if connection.kind == "trading" and "trade_updates" in connection.listening:
+                connection.sendMessage(payload, isBinary=binary)
 
 
 class SimulatedMarket:

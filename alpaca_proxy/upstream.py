@@ -275,6 +275,10 @@ class UpstreamSession(BaseUpstreamSession):
     def idle(self) -> bool:
         return not len(self.router)
 
+    @property
+    def clients(self) -> list[Any]:
+        return list(self.router.clients)
+
     def attach(self, client: Any) -> None:
         self.router.attach(client)
 

@@ -22,6 +22,8 @@ from alpaca_proxy.downstream import DownstreamFactory
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
 from alpaca_proxy.timers import use_clock
+from alpaca_proxy.trading import TradingProtocol
+from alpaca_proxy.web import StreamSite
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
 
@@ -45,7 +47,9 @@ class RecordingClient(WebSocketClientProtocol):
     def onMessage(self, payload, isBinary):
         self.raw.append(payload)
         self.binary_flags.append(isBinary)
-        frame = msgpack.unpackb(payload, timestamp=0) if isBinary else json.loads(payload)
+        # By content: the trading stream sends JSON in binary frames.
+        json_payload = not isBinary or payload.lstrip()[:1] in (b"{", b"[")
+        frame = json.loads(payload) if json_payload else msgpack.unpackb(payload, timestamp=0)
         if self._waiters:
             self._waiters.popleft().callback(frame)
         else:
@@ -130,8 +134,10 @@ class Harness:
                                  linger=self._linger, clock=self.clock)
         self.pool.startService()
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
+        self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol)
+        self.site = StreamSite(self.factory, self.trading_factory)
         self.proxy_port = yield serverFromString(
-            reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+            reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
         self.port = self.proxy_port.getHost().port
         self.testcase.addCleanup(self.stop)
         return self
