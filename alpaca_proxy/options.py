@@ -27,6 +27,7 @@ ENVIRONMENT = {
     "linger": "ALPACA_PROXY_LINGER",
     "auth-timeout": "ALPACA_PROXY_AUTH_TIMEOUT",
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
+    "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -56,6 +57,9 @@ class Options(usage.Options):
          "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT].", float],
         ["sim-rate", None, 2.0,
          "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE].", float],
+        ["credentials-file", None, None,
+         "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
+         "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
     ]
 
     optFlags = [
@@ -94,7 +98,14 @@ class Options(usage.Options):
             self[name] = _check_url(name, self[name])
         if not re.fullmatch(r"[a-z_]+", self["feed"]):
             raise usage.UsageError("--feed: not a feed name: %r" % (self["feed"],))
-        self["credentials"] = Credentials.from_environment(self._environ)
+        accounts: dict[str, Credentials] = {}
+        pair = Credentials.from_environment(self._environ)
+        if pair is not None:
+            accounts[pair.key] = pair
+        if self["credentials-file"]:
+            accounts.update(_read_accounts(self["credentials-file"]))
+        #: key -> Credentials clients must present; None: clients bring their own.
+        self["accounts"] = accounts or None
 
 
 def _number(name: str, value: object, minimum: float) -> float:
@@ -123,3 +134,23 @@ def _check_url(name: str, value: str) -> str:
     if url.scheme not in ("ws", "wss") or not url.host:
         raise usage.UsageError("--%s: must be a ws:// or wss:// URL, got %r" % (name, value))
     return value.rstrip("/")
+
+
+def _read_accounts(path: str) -> dict[str, Credentials]:
+    """``KEY:SECRET`` lines; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            lines = source.read().splitlines()
+    except OSError as problem:
+        raise usage.UsageError("--credentials-file: %s" % (problem.strerror,)) from None
+    accounts = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, colon, secret = line.partition(":")
+        if not colon or not key.strip() or not secret.strip():
+            # Never echo the line: it may hold a secret.
+            raise usage.UsageError("--credentials-file: line %d is not KEY:SECRET" % (number,))
+        accounts[key.strip()] = Credentials(key.strip(), secret.strip())
+    return accounts

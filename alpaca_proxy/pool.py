@@ -2,8 +2,10 @@
 
 Local auth rules:
 
-- With credentials configured, a client must present exactly that pair (compared
-  in constant time) or gets 402; every client shares the configured account.
+- With accounts configured (the environment's pair, a credentials file), a
+  client must present one of those pairs exactly (compared in constant time) or
+  gets 402; clients of one account share its upstream sessions, and accounts
+  never share anything.
 - With none configured, a client's pair opens an upstream session for its key
   and upstream's verdict is the answer; later clients presenting the same pair
   share it, another secret for the same key gets 402.
@@ -11,7 +13,7 @@ Local auth rules:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
@@ -38,7 +40,7 @@ class UpstreamPool(MultiService):
         self,
         reactor: Any,
         data_url: Callable[[], str],
-        credentials: Credentials | None = None,
+        accounts: Mapping[str, Credentials] | None = None,
         trading_url: Callable[[], str] | None = None,
         linger: float = 30.0,
         clock: Any = None,
@@ -49,7 +51,8 @@ class UpstreamPool(MultiService):
         self._clock = reactor if clock is None else clock
         self._data_url = data_url
         self._trading_url = trading_url or data_url
-        self._credentials = credentials
+        #: key -> the only pair accepted for it; None: clients bring their own.
+        self._accounts = dict(accounts) if accounts else None
         self._linger = linger
         self._sessions: dict[tuple[str, str], UpstreamService] = {}
         self._retirements: dict[UpstreamSession, Any] = {}
@@ -60,9 +63,11 @@ class UpstreamPool(MultiService):
 
     def authenticate(self, endpoint: Endpoint, credentials: Credentials) -> Deferred:
         """A Deferred firing with the session a client may join, or ProtocolError."""
-        configured = self._credentials
-        if configured is not None and not configured.matches(credentials):
-            return fail(ProtocolError(402))
+        configured = None
+        if self._accounts is not None:
+            configured = self._accounts.get(credentials.key)
+            if configured is None or not configured.matches(credentials):
+                return fail(ProtocolError(402))
         service = self._sessions.get((credentials.key, endpoint.path))
         if service is not None and not service.session.credentials.matches(credentials):
             return fail(ProtocolError(402))

@@ -54,7 +54,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         def trading_url() -> str:
             return options["trading-url"]
 
-    pool = UpstreamPool(reactor, data_url, credentials=options["credentials"],
+    pool = UpstreamPool(reactor, data_url, accounts=options["accounts"],
                         linger=options["linger"], trading_url=trading_url)
     pool.setName("upstreams")
     pool.setServiceParent(top)

@@ -283,11 +283,11 @@ class FakeAlpacaFactory(WebSocketServerFactory):
         """Authenticated sessions (on one path)."""
         return [c for c in self.connections if c.key is not None and path in (None, c.path)]
 
-    def inject(self, messages: list, path: str | None = None) -> None:
-        """Send data messages to every authenticated data session (on one path)."""
+    def inject(self, messages: list, path: str | None = None, key: str | None = None) -> None:
+        """Send data messages to every authenticated data session (of one path, one key)."""
         for connection in list(self.connections):
-            if connection.key is not None and connection.kind != "trading" and path in (
-                    None, connection.path):
+            if (connection.key is not None and connection.kind != "trading"
+                    and path in (None, connection.path) and key in (None, connection.key)):
                 connection.send(messages)
 
     def trade_update(self, data: dict, binary: bool = True) -> None:

@@ -121,7 +121,9 @@ class Harness:
         self.upstream = FakeAlpacaFactory(
             accounts={KEY: SECRET} if accounts is None else accounts, symbol_limit=symbol_limit,
             record=True, clock=self.clock)
-        self._configured = Credentials(KEY, SECRET) if configured else None
+        if configured is True:
+            configured = {KEY: Credentials(KEY, SECRET)}
+        self._configured = configured or None
         self._linger = linger
         self.clients: list[RecordingClient] = []
 
@@ -130,7 +132,7 @@ class Harness:
         self.upstream_port = yield serverFromString(
             reactor, "tcp:0:interface=127.0.0.1").listen(self.upstream)
         url = "ws://127.0.0.1:%d" % (self.upstream_port.getHost().port,)
-        self.pool = UpstreamPool(reactor, lambda: url, credentials=self._configured,
+        self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
                                  linger=self._linger, clock=self.clock)
         self.pool.startService()
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")

@@ -24,7 +24,8 @@ DEFAULTS = {
     "auth-timeout": 10.0,
     "sim-rate": 2.0,
     "simulate": 0,
-    "credentials": None,
+    "credentials-file": None,
+    "accounts": None,
 }
 
 
@@ -49,12 +50,29 @@ class OptionsTests(SynchronousTestCase):
         }
         self.assertEqual(parse(["--linger", "7"], environ), dict(
             DEFAULTS, listen="tcp:9000", **{"data-url": "ws://127.0.0.1:1"}, linger=7.0,
-            simulate=1, feed="sip", credentials=Credentials("PK1", "sec")))
+            simulate=1, feed="sip", accounts={"PK1": Credentials("PK1", "sec")}))
 
     def test_feed_variable_beats_is_pro(self):
         """An explicit feed is not overridden by IS_PRO."""
         self.assertEqual(parse([], {"IS_PRO": "true", "ALPACA_PROXY_FEED": "delayed_sip"})["feed"],
                          "delayed_sip")
+
+    def test_credentials_file(self):
+        """A credentials file adds accounts; a malformed line is named, never echoed."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# accounts\nPKA:secret-a\n\nPKB : secret-b\n")
+        parsed = parse(["--credentials-file", path], {"APCA_API_KEY_ID": "PKC",
+                                                      "APCA_API_SECRET_KEY": "secret-c"})
+        self.assertEqual(parsed["accounts"], {
+            "PKA": Credentials("PKA", "secret-a"), "PKB": Credentials("PKB", "secret-b"),
+            "PKC": Credentials("PKC", "secret-c")})
+        with open(path, "w") as f:
+            f.write("PKA secret-a-leaky\n")
+        with self.assertRaises(SystemExit) as raised:
+            parse(["--credentials-file", path])
+        self.assertIn("line 1", str(raised.exception.code))
+        self.assertNotIn("leaky", str(raised.exception.code))
 
     def test_bad_values_exit_with_one_line(self):
         """Bad values end with a one-line message and a non-zero exit."""

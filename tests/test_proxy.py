@@ -399,3 +399,40 @@ class SecretHygieneTests(TestCase):
             text = formatEvent(event) + repr(sorted(event.items(), key=lambda kv: kv[0]))
             for secret in (SECRET, "WRONG-s3cret-Zq81"):
                 self.assertNotIn(secret, text)
+
+
+class AccountsTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def check_accounts_are_separate(self, harness):
+        a = yield harness.login()
+        b = yield harness.login(key="PKOTHER", secret="other-secret")
+        for client in (a, b):
+            client.send({"action": "subscribe", "trades": ["AAPL"]})
+            self.assertEqual((yield client.next()), ack(trades=["AAPL"]))
+        sessions = harness.upstream.authenticated()
+        self.assertEqual(sorted(s.key for s in sessions), ["PKOTHER", KEY])
+        harness.upstream.inject([trade("AAPL", i=1)], key="PKOTHER")
+        harness.upstream.inject([trade("AAPL", i=2)], key=KEY)
+        self.assertEqual([m["i"] for m in (yield b.next())], [1])
+        self.assertEqual([m["i"] for m in (yield a.next())], [2])
+        intruder = yield harness.connect()
+        yield intruder.next()
+        intruder.send({"action": "auth", "key": "PKOTHER", "secret": SECRET})
+        self.assertEqual((yield intruder.next())[0]["code"], 402)
+
+    def test_configured_accounts(self):
+        """Two configured accounts: separate upstreams; no data crosses; a mixed pair is 402."""
+        from alpaca_proxy.credentials import Credentials
+
+        accounts = {KEY: SECRET, "PKOTHER": "other-secret"}
+        return Harness(self, accounts=accounts, configured={
+            k: Credentials(k, v) for k, v in accounts.items()}).start().addCallback(
+            self.check_accounts_are_separate)
+
+    def test_clients_bring_their_own_accounts(self):
+        """Unconfigured: each valid pair gets its own upstream; upstream judges each pair."""
+        accounts = {KEY: SECRET, "PKOTHER": "other-secret"}
+        return Harness(self, accounts=accounts, configured=False).start().addCallback(
+            self.check_accounts_are_separate)
