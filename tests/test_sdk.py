@@ -1,4 +1,10 @@
-"""Unmodified SDK clients through the proxy: two alpaca-py streams and one alpaca-trade-api."""
+"""Unmodified SDK clients through the proxy: each stream of each SDK, and several at once.
+
+The SDKs run from their own virtualenv (tests/sdk_env.py) as subprocesses; the
+scripts in tests/sdk print what the SDK parsed.  The fake upstream injects data
+once the proxy has subscribed upstream (or, for trade updates, once the client
+listens), so every expected message is the SDK's parse of the proxy's output.
+"""
 
 import json
 
@@ -8,9 +14,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests import sdk_env
-from tests.support import KEY, SECRET, Harness
+from tests.support import KEY, SECRET, Harness, logged
 
 STAMP = msgpack.Timestamp(1714658587, 120450000)
+MINUTE = msgpack.Timestamp(1714658580, 0)
+STAMP_TEXT = "2024-05-02T14:03:07.12045"
 
 
 def market_frame(symbols):
@@ -23,60 +31,194 @@ def market_frame(symbols):
             {"T": "q", "S": symbol, "bx": "V", "bp": 10.25 + n, "bs": 3, "ax": "V",
              "ap": 10.75 + n, "as": 2, "c": ["R"], "z": "C", "t": STAMP},
             {"T": "b", "S": symbol, "o": 10.0, "h": 11.0, "l": 9.5, "c": 10.0 + n, "v": 1200,
-             "t": msgpack.Timestamp(1714658580, 0), "n": 12, "vw": 10.3},
+             "t": MINUTE, "n": 12, "vw": 10.3},
         ]
     return frame
 
 
-def expected(symbol, n):
-    return [
-        {"kind": "trade", "symbol": symbol, "value": 10.5 + n},
-        {"kind": "quote", "symbol": symbol, "value": 10.25 + n},
-        {"kind": "bar", "symbol": symbol, "value": 10.0 + n},
-    ]
+def market_expected(symbol, n=0):
+    return [("trade", symbol, 10.5 + n), ("quote", symbol, 10.25 + n), ("bar", symbol, 10.0 + n)]
 
 
-class SdkEndToEndTests(TestCase):
+def crypto_frame():
+    frame = []
+    for n, symbol in enumerate(["BTC/USD", "ETH/USD"]):
+        frame += [
+            {"T": "t", "S": symbol, "p": 60000.5 + n, "s": 0.0123, "t": STAMP, "i": 7 + n,
+             "tks": "B"},
+            {"T": "q", "S": symbol, "bp": 60000.0 + n, "bs": 0.5, "ap": 60001.0, "as": 0.7,
+             "t": STAMP},
+            {"T": "b", "S": symbol, "o": 59990.0, "h": 60010.0, "l": 59980.0, "c": 60005.0 + n,
+             "v": 1.25, "t": MINUTE, "n": 40, "vw": 60001.2},
+            {"T": "o", "S": symbol, "t": STAMP, "r": True,
+             "b": [{"p": 60000.0, "s": 0.5}, {"p": 59999.0, "s": 1.0}],
+             "a": [{"p": 60001.0, "s": 0.7}]},
+        ]
+    return frame
+
+
+OPTION = "SPY250117C00500000"
+
+OPTION_FRAME = [
+    {"T": "t", "S": OPTION, "t": STAMP, "p": 3.25, "s": 2, "x": "C", "c": "I"},
+    {"T": "q", "S": OPTION, "t": STAMP, "bx": "C", "bp": 3.2, "bs": 10, "ax": "C", "ap": 3.3,
+     "as": 12, "c": "A"},
+    {"T": "t", "S": "AAPL250117P00180000", "t": STAMP, "p": 1.0, "s": 1, "x": "C", "c": "I"},
+]
+
+
+def story(number, symbols, headline):
+    return {"T": "n", "id": number, "headline": headline, "summary": "s", "author": "a",
+            "created_at": STAMP, "updated_at": STAMP, "url": "https://example.com/n",
+            "content": "<p>c</p>", "symbols": symbols, "source": "benzinga"}
+
+
+ORDER = {
+    "id": "0f3e4b0c-1d2e-4f50-8a6b-7c8d9e0f1a2b", "client_order_id": "algoA-17",
+    "created_at": "2024-05-02T14:03:00.1Z", "updated_at": "2024-05-02T14:03:07.551Z",
+    "submitted_at": "2024-05-02T14:03:00.2Z", "filled_at": "2024-05-02T14:03:07.551Z",
+    "expired_at": None, "canceled_at": None, "failed_at": None, "replaced_at": None,
+    "replaced_by": None, "replaces": None, "asset_id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415",
+    "symbol": "MSFT", "asset_class": "us_equity", "notional": None, "qty": "10",
+    "filled_qty": "10", "filled_avg_price": "401.49", "order_class": "simple",
+    "order_type": "limit", "type": "limit", "side": "buy", "time_in_force": "day",
+    "limit_price": "401.5", "stop_price": None, "status": "filled", "extended_hours": False,
+    "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
+}
+FILL = {"event": "fill", "execution_id": "9b1c5d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d", "order": ORDER, "price": "401.49",
+        "qty": "10", "position_qty": "10", "timestamp": "2024-05-02T14:03:07.551Z"}
+
+
+class SdkMatrixTests(TestCase):
     timeout = 180
 
+    @defer.inlineCallbacks
     def setUp(self):
         # Builds the SDKs' own virtualenv on first use (about 25 s), then reuses it.
         self.python = sdk_env.python()
+        self.harness = yield Harness(self).start()
+        self.upstream = self.harness.upstream
+        self.ws = "ws://127.0.0.1:%d" % (self.harness.port,)
+        self.http = "http://127.0.0.1:%d" % (self.harness.port,)
 
-    def run_client(self, script, url, symbol):
+    def client(self, script, kind, url, symbol, count, python=None):
         return getProcessOutputAndValue(
-            self.python, [sdk_env.script(script), url, KEY, SECRET, symbol, "3"],
+            python or self.python, [sdk_env.script(script), kind, url, KEY, SECRET, symbol,
+                                    str(count)],
             env={}, reactor=reactor)
+
+    def subscribed(self, channels, symbol):
+        def check():
+            return any(all(symbol in c.subscriptions.get(channel, ()) for channel in channels)
+                       for c in self.upstream.authenticated())
+        return self.upstream.when(check)
+
+    def listening(self):
+        return logged(self, lambda event: event.get("streams") == ["trade_updates"])
+
+    def lines(self, result):
+        out, err, code = result
+        self.assertEqual(code, 0, (out.decode() + err.decode())[-3000:])
+        return [json.loads(line) for line in out.decode().splitlines()]
+
+    def assertParsed(self, lines, expected, time_prefix=STAMP_TEXT):
+        self.assertEqual([(m["kind"], m["symbol"], m["value"]) for m in lines], expected)
+        self.assertTrue(lines[0]["time"].startswith(time_prefix), lines[0])
+
+    @defer.inlineCallbacks
+    def market_cell(self, script, url, symbol="AAPL"):
+        run = self.client(script, "stocks", url, symbol, 3)
+        yield self.subscribed(("trades", "quotes", "bars"), symbol)
+        self.upstream.inject(market_frame([symbol, "OTHER"]))
+        self.assertParsed(self.lines((yield run)), market_expected(symbol))
+
+    @defer.inlineCallbacks
+    def crypto_cell(self, script, url):
+        run = self.client(script, "crypto", url, "BTC/USD", 4)
+        yield self.subscribed(("trades", "quotes", "bars", "orderbooks"), "BTC/USD")
+        self.upstream.inject(crypto_frame())
+        self.assertParsed(self.lines((yield run)), [
+            ("trade", "BTC/USD", 60000.5), ("quote", "BTC/USD", 60000.0),
+            ("bar", "BTC/USD", 60005.0), ("orderbook", "BTC/USD", 2)])
+
+    @defer.inlineCallbacks
+    def news_cell(self, script, url):
+        run = self.client(script, "news", url, "AAPL", 1)
+        yield self.subscribed(("news",), "AAPL")
+        self.upstream.inject([story(1, ["MSFT"], "not for us"), story(2, [], "market-wide"),
+                              story(3, ["TSLA", "AAPL"], "for us")])
+        self.assertParsed(self.lines((yield run)), [("news", "TSLA,AAPL", "for us")])
+
+    @defer.inlineCallbacks
+    def trading_cell(self, script, url):
+        listening = self.listening()
+        run = self.client(script, "trading", url, "-", 1)
+        yield listening
+        self.upstream.trade_update(FILL)
+        self.assertParsed(self.lines((yield run)), [("trade_update", "MSFT", "fill")],
+                          "2024-05-02T14:03:07.551")
+
+    # -- alpaca-py 0.44 ---------------------------------------------------------
+
+    def test_alpaca_py_stocks(self):
+        """alpaca-py StockDataStream parses trades, quotes and bars of its symbol only."""
+        return self.market_cell("alpaca_py_client.py", self.ws + "/v2/iex")
+
+    def test_alpaca_py_crypto(self):
+        """alpaca-py CryptoDataStream: trades, quotes, bars and order books."""
+        return self.crypto_cell("alpaca_py_client.py", self.ws + "/v1beta3/crypto/us")
+
+    def test_alpaca_py_news(self):
+        """alpaca-py NewsDataStream gets only stories naming its symbol."""
+        return self.news_cell("alpaca_py_client.py", self.ws + "/v1beta1/news")
+
+    @defer.inlineCallbacks
+    def test_alpaca_py_options(self):
+        """alpaca-py OptionDataStream (MessagePack only): trades and quotes of its contract."""
+        run = self.client("alpaca_py_client.py", "options", self.ws + "/v1beta1/opra",
+                          OPTION, 2)
+        yield self.subscribed(("trades", "quotes"), OPTION)
+        self.upstream.inject(OPTION_FRAME)
+        self.assertParsed(self.lines((yield run)), [("trade", OPTION, 3.25),
+                                                    ("quote", OPTION, 3.2)])
+
+    def test_alpaca_py_trading(self):
+        """alpaca-py TradingStream (legacy auth form) gets trade updates."""
+        return self.trading_cell("alpaca_py_client.py", self.ws + "/stream")
+
+    # -- alpaca-trade-api 3.2 ---------------------------------------------------
+
+    def test_alpaca_trade_api_stocks(self):
+        """alpaca-trade-api Stream with data_stream_url: stocks."""
+        return self.market_cell("alpaca_trade_api_client.py", self.http)
+
+    def test_alpaca_trade_api_crypto_on_v1beta2(self):
+        """alpaca-trade-api's crypto stream dials /v1beta2/crypto; the proxy serves it."""
+        return self.crypto_cell("alpaca_trade_api_client.py", self.http)
+
+    def test_alpaca_trade_api_news(self):
+        """alpaca-trade-api news stream."""
+        return self.news_cell("alpaca_trade_api_client.py", self.http)
+
+    def test_alpaca_trade_api_trading(self):
+        """alpaca-trade-api TradingStream dials {base}/stream/ and gets trade updates."""
+        return self.trading_cell("alpaca_trade_api_client.py", self.http)
+
+    # -- several at once ----------------------------------------------------------
 
     @defer.inlineCallbacks
     def test_two_alpaca_py_and_one_alpaca_trade_api_client_at_once(self):
         """Each SDK client gets exactly its own trades, quotes and bars over one upstream."""
-        harness = yield Harness(self).start()
-        base = "ws://127.0.0.1:%d" % (harness.port,)
         runs = [
-            self.run_client("alpaca_py_client.py", base + "/v2/iex", "AAPL"),
-            self.run_client("alpaca_py_client.py", base + "/v2/iex", "MSFT"),
-            self.run_client("alpaca_trade_api_client.py", "http://127.0.0.1:%d" % harness.port,
-                            "NVDA"),
+            self.client("alpaca_py_client.py", "stocks", self.ws + "/v2/iex", "AAPL", 3),
+            self.client("alpaca_py_client.py", "stocks", self.ws + "/v2/iex", "MSFT", 3),
+            self.client("alpaca_trade_api_client.py", "stocks", self.http, "NVDA", 3),
         ]
-        upstream = harness.upstream
-
-        def everyone_subscribed():
-            sessions = upstream.authenticated()
-            return len(sessions) == 1 and all(
-                symbol in sessions[0].subscriptions[channel]
-                for symbol in ("AAPL", "MSFT", "NVDA")
-                for channel in ("trades", "quotes", "bars"))
-
-        yield upstream.when(everyone_subscribed)
-        upstream.inject(market_frame(["AAPL", "MSFT", "NVDA", "TSLA"]))
+        for symbol in ("AAPL", "MSFT", "NVDA"):
+            yield self.subscribed(("trades", "quotes", "bars"), symbol)
+        self.upstream.inject(market_frame(["AAPL", "MSFT", "NVDA", "TSLA"]))
         results = yield defer.gatherResults(runs)
-        for (out, err, code), (symbol, n) in zip(results, [("AAPL", 0), ("MSFT", 1),
-                                                           ("NVDA", 2)]):
-            self.assertEqual(code, 0, err.decode()[-2000:])
-            lines = [json.loads(line) for line in out.decode().splitlines()]
-            self.assertEqual([{k: v for k, v in m.items() if k != "time"} for m in lines],
-                             expected(symbol, n))
-            self.assertTrue(lines[0]["time"].startswith("2024-05-02T14:03:07.12045"), lines[0])
-        self.assertEqual(upstream.handshakes, 1)
-        self.assertEqual(len(upstream.sessions), 1)
+        for result, (symbol, n) in zip(results, [("AAPL", 0), ("MSFT", 1), ("NVDA", 2)]):
+            self.assertParsed(self.lines(result), market_expected(symbol, n))
+        self.assertEqual(self.upstream.handshakes, 1)
+        self.assertEqual(len(self.upstream.sessions), 1)

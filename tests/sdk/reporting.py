@@ -1,6 +1,7 @@
 """What the SDK client scripts share: print each parsed message as a JSON line, stop at N.
 
-Runs inside the SDKs' virtualenv (the scripts' folder is on sys.path).
+Runs inside the SDKs' virtualenv (the scripts' folder is on sys.path).  Each line
+is {"kind", "symbol", "value", "time"}: what the SDK made of the message.
 """
 
 import json
@@ -9,7 +10,7 @@ import threading
 
 
 class Reporter:
-    """Handlers for trades, quotes and bars that report what the SDK parsed."""
+    """Handlers for every stream kind that report what the SDK parsed."""
 
     def __init__(self, count, to_text, give_up_after=60.0):
         self._count = count
@@ -18,25 +19,38 @@ class Reporter:
         self._lock = threading.Lock()
         threading.Timer(give_up_after, lambda: os._exit(3)).start()
 
-    def report(self, kind, item, value):
+    def report(self, kind, symbol, value, moment):
         with self._lock:
             self._received += 1
-            line = {"kind": kind, "symbol": item.symbol, "value": value,
-                    "time": self._to_text(item.timestamp)}
+            line = {"kind": kind, "symbol": symbol, "value": value,
+                    "time": self._to_text(moment)}
             print(json.dumps(line), flush=True)
             if self._received >= self._count:
                 os._exit(0)
 
     async def on_trade(self, trade):
-        self.report("trade", trade, trade.price)
+        self.report("trade", trade.symbol, trade.price, trade.timestamp)
 
     async def on_quote(self, quote):
-        self.report("quote", quote, quote.bid_price)
+        self.report("quote", quote.symbol, quote.bid_price, quote.timestamp)
 
     async def on_bar(self, bar):
-        self.report("bar", bar, bar.close)
+        self.report("bar", bar.symbol, bar.close, bar.timestamp)
 
-    def subscribe(self, stream, symbol):
-        stream.subscribe_trades(self.on_trade, symbol)
-        stream.subscribe_quotes(self.on_quote, symbol)
-        stream.subscribe_bars(self.on_bar, symbol)
+    async def on_orderbook(self, book):
+        self.report("orderbook", book.symbol, len(book.bids), book.timestamp)
+
+    async def on_news(self, story):
+        self.report("news", ",".join(story.symbols), story.headline, story.created_at)
+
+    async def on_trade_update(self, update):
+        order = update.order
+        symbol = order["symbol"] if isinstance(order, dict) else order.symbol
+        event = getattr(update.event, "value", update.event)
+        self.report("trade_update", symbol, event, update.timestamp)
+
+    def subscribe_market(self, stream, symbol, prefix=""):
+        """Trades, quotes and bars (``prefix`` is ``crypto_`` for a-t-a's crypto)."""
+        getattr(stream, "subscribe_%strades" % prefix)(self.on_trade, symbol)
+        getattr(stream, "subscribe_%squotes" % prefix)(self.on_quote, symbol)
+        getattr(stream, "subscribe_%sbars" % prefix)(self.on_bar, symbol)
