@@ -1,7 +1,8 @@
 """The trading stream (``/stream``): one upstream per account, every event to every listener.
 
-Upstream, the proxy authenticates, listens to ``trade_updates`` whatever its
-clients want, and keeps the connection through drops like the data streams.
+Upstream, the proxy authenticates and listens to ``trade_updates`` whatever its
+clients want; the account counts as verified once upstream answers
+``listening``.  The connection is kept through drops like the data streams'.
 Locally, each client authenticates (either form), ``listen`` replaces its set
 of streams and is answered with ``listening``, and every ``trade_updates``
 event goes to every client of that account listening to it, as upstream sent
@@ -76,10 +77,14 @@ class TradingSession(BaseUpstreamSession):
         data = message.get("data") if isinstance(message.get("data"), dict) else {}
         if stream == "authorization" and self.state == "authenticating":
             if data.get("status") == "authorized":
-                self._authenticated()
                 self._send(trading.listen_request())
             else:
                 self._refused(402)
+        elif stream == "listening" and self.state == "authenticating":
+            # Ready only once upstream streams the events: a client told
+            # "authorized" earlier could miss the first ones.
+            if "trade_updates" in (data.get("streams") or ()):
+                self._authenticated()
         elif stream in trading.STREAMS:
             self.publish(stream, message, payload, binary)
         elif stream != "listening":

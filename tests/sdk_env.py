@@ -1,9 +1,10 @@
-"""The SDKs' own virtual environment, built on first use and reused after.
+"""The SDKs' own virtual environments, built on first use and reused after.
 
 The SDKs pin old dependencies (alpaca-trade-api 3.2 pins msgpack==1.0.3 and
-websockets<11), so they live apart from the proxy's environment and their
-clients run as subprocesses.  The environment is rebuilt when the requirements
-change.  Location: $ALPACA_PROXY_SDK_VENV, else .venvs/sdk in the repository.
+websockets<11; 1.5 wants websockets<10), so they live apart from the proxy's
+environment and their clients run as subprocesses.  An environment is rebuilt
+when its requirements change.  Location: $ALPACA_PROXY_SDK_VENV (a folder for
+all of them), else .venvs/ in the repository.
 """
 
 from __future__ import annotations
@@ -15,30 +16,34 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent / "sdk"
-REQUIREMENTS = HERE / "requirements.txt"
-NO_DEPS = ["alpaca-trade-api==3.2.0"]
+
+#: name -> (requirements file, packages installed with --no-deps)
+ENVIRONMENTS = {
+    "sdk": ("requirements.txt", ["alpaca-trade-api==3.2.0"]),
+    "ata15": ("requirements-ata15.txt", ["alpaca-trade-api==1.5.0"]),
+}
 
 
-def location() -> Path:
+def location(name: str) -> Path:
     configured = os.environ.get("ALPACA_PROXY_SDK_VENV")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parent.parent / ".venvs" / "sdk"
+    base = Path(configured) if configured else Path(__file__).resolve().parent.parent / ".venvs"
+    return base / name
 
 
-def python() -> str:
-    """The venv's interpreter, building the venv first if it is missing or stale."""
-    venv = location()
+def python(name: str = "sdk") -> str:
+    """The environment's interpreter, building it first if missing or stale."""
+    requirements, no_deps = ENVIRONMENTS[name]
+    venv = location(name)
     interpreter = venv / "bin" / "python"
     stamp = venv / ".requirements-sha256"
-    wanted = hashlib.sha256(REQUIREMENTS.read_bytes() + repr(NO_DEPS).encode()).hexdigest()
-    if interpreter.exists() and stamp.exists() and stamp.read_text() == wanted:
+    wanted = hashlib.sha256((HERE / requirements).read_bytes() + repr(no_deps).encode())
+    if interpreter.exists() and stamp.exists() and stamp.read_text() == wanted.hexdigest():
         return str(interpreter)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(interpreter), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(pip + ["-r", str(REQUIREMENTS)], check=True)
-    subprocess.run(pip + ["--no-deps"] + NO_DEPS, check=True)
-    stamp.write_text(wanted)
+    subprocess.run(pip + ["-r", str(HERE / requirements)], check=True)
+    subprocess.run(pip + ["--no-deps"] + no_deps, check=True)
+    stamp.write_text(wanted.hexdigest())
     return str(interpreter)
 
 
@@ -47,4 +52,5 @@ def script(name: str) -> str:
 
 
 if __name__ == "__main__":
-    print(python())
+    for environment in sys.argv[1:] or list(ENVIRONMENTS):
+        print(python(environment))

@@ -126,8 +126,8 @@ class SdkMatrixTests(TestCase):
         self.assertTrue(lines[0]["time"].startswith(time_prefix), lines[0])
 
     @defer.inlineCallbacks
-    def market_cell(self, script, url, symbol="AAPL"):
-        run = self.client(script, "stocks", url, symbol, 3)
+    def market_cell(self, script, url, symbol="AAPL", python=None):
+        run = self.client(script, "stocks", url, symbol, 3, python)
         yield self.subscribed(("trades", "quotes", "bars"), symbol)
         self.upstream.inject(market_frame([symbol, "OTHER"]))
         self.assertParsed(self.lines((yield run)), market_expected(symbol))
@@ -150,9 +150,9 @@ class SdkMatrixTests(TestCase):
         self.assertParsed(self.lines((yield run)), [("news", "TSLA,AAPL", "for us")])
 
     @defer.inlineCallbacks
-    def trading_cell(self, script, url):
+    def trading_cell(self, script, url, python=None):
         listening = self.listening()
-        run = self.client(script, "trading", url, "-", 1)
+        run = self.client(script, "trading", url, "-", 1, python)
         yield listening
         self.upstream.trade_update(FILL)
         self.assertParsed(self.lines((yield run)), [("trade_update", "MSFT", "fill")],
@@ -203,6 +203,18 @@ class SdkMatrixTests(TestCase):
     def test_alpaca_trade_api_trading(self):
         """alpaca-trade-api TradingStream dials {base}/stream/ and gets trade updates."""
         return self.trading_cell("alpaca_trade_api_client.py", self.http)
+
+    # -- alpaca-trade-api 1.5 (inside pylivetrader 0.7, alpaca-backtrader-api 0.15) --
+
+    def test_alpaca_trade_api_1_5_stocks(self):
+        """alpaca-trade-api 1.5's Stream (websockets 9) gets its stocks through the proxy."""
+        return self.market_cell("alpaca_trade_api_client.py", self.http,
+                                python=sdk_env.python("ata15"))
+
+    def test_alpaca_trade_api_1_5_trading(self):
+        """alpaca-trade-api 1.5's TradingStream (pylivetrader's order updates)."""
+        return self.trading_cell("alpaca_trade_api_client.py", self.http,
+                                 python=sdk_env.python("ata15"))
 
     # -- several at once ----------------------------------------------------------
 
