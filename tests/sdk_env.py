@@ -51,6 +51,28 @@ def script(name: str) -> str:
     return str(HERE / name)
 
 
+#: The JS SDK, from the npm registry, for node.
+JS_PACKAGES = ["@alpacahq/alpaca-trade-api@3.1.3"]
+JS_HERE = Path(__file__).parent / "js"
+
+
+def node_modules() -> str:
+    """A node_modules folder holding the JS SDK (for NODE_PATH), installed on first use."""
+    prefix = location("js")
+    modules = prefix / "node_modules"
+    stamp = prefix / ".packages"
+    if not (modules.exists() and stamp.exists() and stamp.read_text() == repr(JS_PACKAGES)):
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-save", "--no-audit",
+                        "--no-fund", "--loglevel=error"] + JS_PACKAGES, check=True)
+        stamp.write_text(repr(JS_PACKAGES))
+    return str(modules)
+
+
+def js_script(name: str) -> str:
+    return str(JS_HERE / name)
+
+
 if __name__ == "__main__":
     for environment in sys.argv[1:] or list(ENVIRONMENTS):
         print(python(environment))

@@ -115,7 +115,8 @@ class Harness:
     """A fake upstream and a proxy in front of it, both on loopback ports."""
 
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
-                 symbol_limit: int | None = None, accounts: dict | None = None):
+                 symbol_limit: int | None = None, accounts: dict | None = None,
+                 tls: bool = False):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -125,6 +126,7 @@ class Harness:
             configured = {KEY: Credentials(KEY, SECRET)}
         self._configured = configured or None
         self._linger = linger
+        self._tls = tls
         self.clients: list[RecordingClient] = []
 
     @defer.inlineCallbacks
@@ -138,11 +140,30 @@ class Harness:
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
         self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol)
         self.site = StreamSite(self.factory, self.trading_factory)
-        self.proxy_port = yield serverFromString(
-            reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
+        listen = "tcp:0:interface=127.0.0.1"
+        if self._tls:
+            listen = self._tls_listen()
+        self.proxy_port = yield serverFromString(reactor, listen).listen(self.site)
         self.port = self.proxy_port.getHost().port
         self.testcase.addCleanup(self.stop)
         return self
+
+    def _tls_listen(self) -> str:
+        """A throwaway CA and a certificate for localhost; ``self.ca_path`` is the CA."""
+        import os
+
+        import trustme
+
+        ca = trustme.CA()
+        certificate = ca.issue_cert("localhost", "127.0.0.1")
+        folder = self.testcase.mktemp()
+        os.makedirs(folder)
+        self.ca_path = os.path.join(folder, "ca.pem")
+        key_and_chain = os.path.join(folder, "server.pem")
+        ca.cert_pem.write_to_path(self.ca_path)
+        certificate.private_key_and_cert_chain_pem.write_to_path(key_and_chain)
+        return "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+            key_and_chain.replace(":", "\\:"), key_and_chain.replace(":", "\\:"))
 
     @defer.inlineCallbacks
     def connect(self, *args, **kwargs):

@@ -7,6 +7,8 @@ listens), so every expected message is the SDK's parse of the proxy's output.
 """
 
 import json
+import os
+import shutil
 
 import msgpack
 from twisted.internet import defer, reactor
@@ -215,6 +217,26 @@ class SdkMatrixTests(TestCase):
         """alpaca-trade-api 1.5's TradingStream (pylivetrader's order updates)."""
         return self.trading_cell("alpaca_trade_api_client.py", self.http,
                                  python=sdk_env.python("ata15"))
+
+    # -- the JS SDK (node), which forces wss:// --------------------------------------
+
+    @defer.inlineCallbacks
+    def test_js_sdk_stocks_over_tls(self):
+        """The official JS SDK (auth before welcome, msgpack) streams through a TLS listener."""
+        modules = sdk_env.node_modules()
+        harness = yield Harness(self, tls=True).start()
+        node = shutil.which("node")
+        self.assertIsNotNone(node, "node is not installed")
+        run = getProcessOutputAndValue(
+            node, [sdk_env.js_script("stock_client.js"), "https://localhost:%d" % harness.port,
+                   KEY, SECRET, "AAPL", "3"],
+            env={"NODE_PATH": modules, "NODE_EXTRA_CA_CERTS": harness.ca_path,
+                 "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        self.upstream = harness.upstream
+        yield self.subscribed(("trades", "quotes", "bars"), "AAPL")
+        harness.upstream.inject(market_frame(["AAPL", "OTHER"]))
+        self.assertParsed(self.lines((yield run)), market_expected("AAPL"),
+                          "2024-05-02T14:03:07.120")
 
     # -- several at once ----------------------------------------------------------
 
