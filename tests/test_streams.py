@@ -1,5 +1,7 @@
 """Crypto (order books), options, news and the legacy crypto path, through the proxy."""
 
+import json
+
 import msgpack
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -174,3 +176,58 @@ class NewsTests(TestCase):
         got_b = yield b.next()
         self.assertEqual([s["id"] for s in got_b], [1, 2, 3])
         self.assertIsInstance(got_b[0]["created_at"], msgpack.Timestamp)
+
+
+WIRE_CASES = [
+    # path, channel, symbol, a data message for it
+    ("/v2/iex", "trades", "AAPL",
+     {"T": "t", "S": "AAPL", "i": 1, "x": "V", "p": 1.5, "s": 1, "c": ["@"], "z": "C", "t": T0}),
+    ("/v1beta3/crypto/us", "quotes", "BTC/USD",
+     {"T": "q", "S": "BTC/USD", "bp": 1.0, "bs": 1.0, "ap": 2.0, "as": 1.0, "t": T0}),
+    ("/v1beta1/news", "news", "AAPL",
+     {"T": "n", "id": 5, "headline": "h", "created_at": T0, "updated_at": T0,
+      "symbols": ["AAPL"], "source": "s"}),
+    ("/v1beta1/opra", "trades", "SPY250117C00500000",
+     {"T": "t", "S": "SPY250117C00500000", "t": T0, "p": 1.0, "s": 1, "x": "C", "c": "I"}),
+]
+
+
+class WireRulesTests(TestCase):
+    """What the Go and C# SDKs (not installable here) depend on, checked on the raw wire."""
+
+    timeout = 30
+
+    def check_frames(self, client):
+        """Every frame an array; control messages alone; ``T`` the first key everywhere."""
+        for frame in client.raw:
+            decoded = (msgpack.unpackb(frame, timestamp=0) if frame[:1] != b"["
+                       else json.loads(frame))
+            self.assertIsInstance(decoded, list)
+            for message in decoded:
+                self.assertEqual(list(message)[0], "T", message)
+                if message["T"] in ("success", "error", "subscription"):
+                    self.assertEqual(len(decoded), 1, decoded)
+
+    @defer.inlineCallbacks
+    def test_every_endpoint_in_both_encodings(self):
+        """Plain JSON and MessagePack clients on every endpoint: welcome, auth, ack, data."""
+        harness = yield Harness(self).start()
+        for path, channel, symbol, data in WIRE_CASES:
+            encodings = [True] if "opra" in path else [False, True]
+            for use_msgpack in encodings:
+                client = yield harness.login(path=path, msgpack_encoding=use_msgpack)
+                # JSON sent in a binary frame, as the C# client does.
+                client.sendMessage(json.dumps(
+                    {"action": "subscribe", channel: [symbol]}).encode(), isBinary=True)
+                ack = (yield client.next())[0]
+                self.assertEqual((ack["T"], ack[channel]), ("subscription", [symbol]))
+                client.send({"action": "subscribe", channel: ["bad symbol!"]})
+                self.assertEqual((yield client.next()),
+                                 [{"T": "error", "code": 400, "msg": "invalid syntax"}])
+                harness.upstream.inject([data], path=harness.pool.sessions[-1].endpoint.path)
+                [got] = yield client.next()
+                self.assertEqual(got["T"], data["T"])
+                self.assertEqual(client.binary_flags[-1], use_msgpack)
+                self.check_frames(client)
+                client.sendClose()
+                yield client.closed
