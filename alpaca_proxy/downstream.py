@@ -32,7 +32,9 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from alpaca_proxy import __version__, codec, paths
 from alpaca_proxy.credentials import header_credentials
@@ -45,6 +47,40 @@ from alpaca_proxy.dialects.alpaca_data import (
 MAX_BACKLOG = 64
 #: Largest message a client may send (thousands of symbols fit easily).
 MAX_CLIENT_MESSAGE = 16 << 20
+#: Bytes that may queue for a client that stopped reading (then 407 and close).
+DEFAULT_BUFFER_LIMIT = 8 << 20
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Told by the transport when a client stops reading; counts what piles up since.
+
+    Twisted pauses its producer once the transport's buffer passes its high-water
+    mark; anything written while paused waits in proxy memory.  Past ``limit``
+    bytes the client is not keeping up and is cut off, never slowing anyone else.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.queued = 0
+
+    def pauseProducing(self) -> None:
+        # May be called again while paused: keep counting from the first pause.
+        if not self.paused:
+            self.paused, self.queued = True, 0
+
+    def resumeProducing(self) -> None:
+        self.paused, self.queued = False, 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def overflows(self, size: int) -> bool:
+        """Account for ``size`` more bytes; True once past the limit."""
+        if self.paused:
+            self.queued += size
+        return self.queued > self.limit
 
 
 class ClientProtocol(WebSocketServerProtocol):
@@ -110,6 +146,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._log.info("client {peer} connected to {path} ({encoding})", peer=self.peer_name,
                            path=self.endpoint.path, encoding=self.encoding.name)
             self.factory.clients.add(self)
+            self._watch_backpressure()
             self._opened()
             self._deadline = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_timed_out)
@@ -195,12 +232,37 @@ class ClientProtocol(WebSocketServerProtocol):
 
     # -- sending -----------------------------------------------------------------
 
+    _backpressure: _Backpressure | None = None
+
+    def _watch_backpressure(self) -> None:
+        # twisted.web's HTTPChannel stays registered as the transport's producer
+        # after Autobahn takes the connection over from it.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self._backpressure = _Backpressure(self.factory.buffer_limit)
+        self.transport.registerProducer(self._backpressure, True)
+
+    def _room_for(self, size: int) -> bool:
+        """False (and the client is being cut off) if it stopped reading."""
+        if self._backpressure is None or not self._backpressure.overflows(size):
+            return True
+        self._log.warn("dropping slow client {peer} on {path}: {queued} bytes queued",
+                       peer=self.peer_name, path=self.endpoint.path,
+                       queued=self._backpressure.queued, code=407)
+        self._backpressure = None
+        self._slow()
+        self.dropConnection(abort=True)
+        return False
+
+    def _slow(self) -> None:
+        """Say goodbye to a client that is cut off for not reading (may never arrive)."""
+
     @property
     def _sendable(self) -> bool:
         return self.state == WebSocketProtocol.STATE_OPEN
 
     def send_payload(self, payload: bytes, binary: bool) -> None:
-        if self._sendable:
+        if self._sendable and self._room_for(len(payload)):
             self.sendMessage(payload, binary)
 
     def close(self, code: int, reason: str) -> None:
@@ -216,7 +278,7 @@ class ClientProtocol(WebSocketServerProtocol):
         return self.factory.prepareMessage(payload, binary)
 
     def send_prepared(self, prepared: Any) -> None:
-        if self._sendable:
+        if self._sendable and self._room_for(len(prepared.payloadHybi)):
             self.sendPreparedMessage(prepared)
 
     def upstream_refused(self, code: int) -> None:
@@ -286,6 +348,9 @@ class DownstreamProtocol(ClientProtocol):
     def _deadline_passed(self) -> None:
         self.send_control(error(404))
 
+    def _slow(self) -> None:
+        self.sendMessage(self.encoding.control(error(407)), self.encoding.binary)
+
     # -- called by the router and the session ------------------------------------
 
     def send_control(self, message: dict) -> None:
@@ -308,7 +373,8 @@ class DownstreamFactory(WebSocketServerFactory):
     protocol = DownstreamProtocol
 
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
-                 auth_timeout: float = 10.0, protocol: type | None = None) -> None:
+                 auth_timeout: float = 10.0, protocol: type | None = None,
+                 buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
         if protocol is not None:
             self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
@@ -323,6 +389,8 @@ class DownstreamFactory(WebSocketServerFactory):
         self.clock = clock
         self.default_feed = default_feed
         self.auth_timeout = auth_timeout
+        #: Bytes that may pile up for a client that stopped reading before it is cut off.
+        self.buffer_limit = buffer_limit
         self.clients: set[DownstreamProtocol] = set()
 
     def close_all(self, code: int, reason: str) -> None:

@@ -28,6 +28,7 @@ ENVIRONMENT = {
     "auth-timeout": "ALPACA_PROXY_AUTH_TIMEOUT",
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
+    "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -57,6 +58,9 @@ class Options(usage.Options):
          "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT].", float],
         ["sim-rate", None, 2.0,
          "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE].", float],
+        ["client-buffer", None, 8 << 20,
+         "Bytes that may pile up for a client that stopped reading; then it gets 407"
+         " and is closed [env ALPACA_PROXY_CLIENT_BUFFER].", int],
         ["credentials-file", None, None,
          "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
          "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
@@ -91,8 +95,10 @@ class Options(usage.Options):
             raise SystemExit("alpaca-proxy: %s" % (problem,)) from None
 
     def postOptions(self) -> None:
-        for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001)):
+        for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001),
+                              ("client-buffer", 65536)):
             self[name] = _number(name, self[name], minimum)
+        self["client-buffer"] = int(self["client-buffer"])
         _check_listen(self["listen"])
         for name in ("data-url", "trading-url"):
             self[name] = _check_url(name, self[name])

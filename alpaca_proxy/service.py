@@ -58,10 +58,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                         linger=options["linger"], trading_url=trading_url)
     pool.setName("upstreams")
     pool.setServiceParent(top)
-    data = DownstreamFactory(pool, reactor, default_feed=options["feed"],
-                             auth_timeout=options["auth-timeout"])
-    trading = DownstreamFactory(pool, reactor, default_feed=options["feed"],
-                                auth_timeout=options["auth-timeout"], protocol=TradingProtocol)
+    limits = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
+                  buffer_limit=options["client-buffer"])
+    data = DownstreamFactory(pool, reactor, **limits)
+    trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **limits)
     site = StreamSite(data, trading)
     listener = ListenerService(serverFromString(reactor, options["listen"]), site)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup

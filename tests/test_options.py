@@ -25,6 +25,7 @@ DEFAULTS = {
     "sim-rate": 2.0,
     "simulate": 0,
     "credentials-file": None,
+    "client-buffer": 8 << 20,
     "accounts": None,
 }
 
