@@ -29,6 +29,9 @@ ENVIRONMENT = {
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
     "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
+    "ping-interval": "ALPACA_PROXY_PING_INTERVAL",
+    "ping-timeout": "ALPACA_PROXY_PING_TIMEOUT",
+    "silence-timeout": "ALPACA_PROXY_SILENCE_TIMEOUT",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -58,6 +61,14 @@ class Options(usage.Options):
          "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT].", float],
         ["sim-rate", None, 2.0,
          "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE].", float],
+        ["ping-interval", None, 10.0,
+         "Seconds between pings to each upstream [env ALPACA_PROXY_PING_INTERVAL].", float],
+        ["ping-timeout", None, 180.0,
+         "Seconds without a pong before an upstream is dropped and redialled"
+         " [env ALPACA_PROXY_PING_TIMEOUT].", float],
+        ["silence-timeout", None, 0.0,
+         "Seconds without data, while subscribed, before an upstream is taken for mute and"
+         " redialled; 0 never [env ALPACA_PROXY_SILENCE_TIMEOUT].", float],
         ["client-buffer", None, 8 << 20,
          "Bytes that may pile up for a client that stopped reading; then it gets 407"
          " and is closed [env ALPACA_PROXY_CLIENT_BUFFER].", int],
@@ -96,7 +107,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001),
-                              ("client-buffer", 65536)):
+                              ("client-buffer", 65536), ("ping-interval", 1.0),
+                              ("ping-timeout", 1.0), ("silence-timeout", 0.0)):
             self[name] = _number(name, self[name], minimum)
         self["client-buffer"] = int(self["client-buffer"])
         _check_listen(self["listen"])

@@ -24,7 +24,7 @@ from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
 from alpaca_proxy.paths import Endpoint
 from alpaca_proxy.trading import TRADING, TradingSession
-from alpaca_proxy.upstream import BaseUpstreamSession, UpstreamService, UpstreamSession
+from alpaca_proxy.upstream import BaseUpstreamSession, Health, UpstreamService, UpstreamSession
 
 #: How long a locally verified client waits for upstream's own verdict before
 #: it is told ``authenticated`` anyway (Go clients give up after 3 s).
@@ -44,6 +44,7 @@ class UpstreamPool(MultiService):
         trading_url: Callable[[], str] | None = None,
         linger: float = 30.0,
         clock: Any = None,
+        health: Health = Health(),
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -54,6 +55,7 @@ class UpstreamPool(MultiService):
         #: key -> the only pair accepted for it; None: clients bring their own.
         self._accounts = dict(accounts) if accounts else None
         self._linger = linger
+        self._health = health
         self._sessions: dict[tuple[str, str], UpstreamService] = {}
         self._retirements: dict[UpstreamSession, Any] = {}
 
@@ -101,11 +103,12 @@ class UpstreamPool(MultiService):
     def _open(self, endpoint: Endpoint, credentials: Credentials) -> UpstreamService:
         session: BaseUpstreamSession
         if endpoint.kind == TRADING:
-            session = TradingSession(endpoint, credentials, clock=self._clock)
+            session = TradingSession(endpoint, credentials, clock=self._clock,
+                                     health=self._health)
             base = self._trading_url()
         else:
             session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
-                                      clock=self._clock)
+                                      clock=self._clock, health=self._health)
             base = self._data_url()
         session.on_refused = self._refused
         url = base.rstrip("/") + endpoint.path

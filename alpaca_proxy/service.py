@@ -14,6 +14,7 @@ from alpaca_proxy.options import Options
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import SimulatorService
 from alpaca_proxy.trading import TradingProtocol
+from alpaca_proxy.upstream import Health
 from alpaca_proxy.web import StreamSite
 
 __all__ = ["Options", "makeService"]
@@ -54,8 +55,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         def trading_url() -> str:
             return options["trading-url"]
 
+    health = Health(ping_interval=options["ping-interval"], ping_timeout=options["ping-timeout"],
+                    silence_timeout=options["silence-timeout"])
     pool = UpstreamPool(reactor, data_url, accounts=options["accounts"],
-                        linger=options["linger"], trading_url=trading_url)
+                        linger=options["linger"], trading_url=trading_url, health=health)
     pool.setName("upstreams")
     pool.setServiceParent(top)
     limits = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],

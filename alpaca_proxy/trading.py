@@ -16,7 +16,7 @@ from typing import Any
 from alpaca_proxy import codec, paths
 from alpaca_proxy.dialects import alpaca_trading as trading
 from alpaca_proxy.downstream import ClientProtocol
-from alpaca_proxy.upstream import BaseUpstreamSession
+from alpaca_proxy.upstream import BaseUpstreamSession, Health
 
 TRADING = "trading"
 TRADING_ENDPOINT = paths.Endpoint(TRADING, "/stream")
@@ -32,8 +32,8 @@ class TradingSession(BaseUpstreamSession):
     """One account's upstream trading stream and the local clients listening to it."""
 
     def __init__(self, endpoint: paths.Endpoint, credentials: Any, clock: Any,
-                 rng: Any = None) -> None:
-        super().__init__(endpoint, credentials, clock, rng)
+                 rng: Any = None, health: Health = Health()) -> None:
+        super().__init__(endpoint, credentials, clock, rng, health)
         #: client -> the streams it listens to
         self.listeners: dict[Any, tuple[str, ...]] = {}
         self.events = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+from attrs import frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from hyperlink import URL
 from twisted.application.internet import ClientService
@@ -91,7 +92,25 @@ class UpstreamFactory(WebSocketClientFactory):
             maxFramePayloadSize=0,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
+            # A half-open connection answers no ping: drop it and reconnect.
+            autoPingInterval=session.health.ping_interval,
+            autoPingTimeout=session.health.ping_timeout,
         )
+
+
+@frozen
+class Health:
+    """How an upstream connection is judged alive.
+
+    Pings every ``ping_interval`` seconds, dropped if no pong within
+    ``ping_timeout`` (generous: Alpaca's pongs run late under load).  A data
+    stream with subscriptions but no data for ``silence_timeout`` seconds is
+    taken for mute and reconnected (0: never; quiet feeds are legitimate).
+    """
+
+    ping_interval: float = 10.0
+    ping_timeout: float = 180.0
+    silence_timeout: float = 0.0
 
 
 class BaseUpstreamSession:
@@ -107,8 +126,9 @@ class BaseUpstreamSession:
     upgrade_headers: dict[str, str] = {}
 
     def __init__(self, endpoint: Endpoint, credentials: Credentials, clock: Any,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, health: Health = Health()) -> None:
         self.endpoint = endpoint
+        self.health = health
         self.credentials = credentials
         self.clock = clock
         self.state = "connecting"
@@ -260,13 +280,16 @@ class UpstreamSession(BaseUpstreamSession):
         dialect: AlpacaDataDialect,
         clock: Any,
         rng: random.Random | None = None,
+        health: Health = Health(),
     ) -> None:
-        super().__init__(endpoint, credentials, clock, rng)
+        super().__init__(endpoint, credentials, clock, rng, health)
         self.dialect = dialect
         self.router = Router(on_join=self._joined)
         self.books = OrderBooks()
         self._auth_attempts = 0
         self._auth_retry: Any = None
+        self._last_data = 0.0
+        self._silence_check: Any = None
 
     def encode(self, message: dict) -> tuple[bytes, bool]:
         return codec.to_msgpack(message), True
@@ -289,10 +312,28 @@ class UpstreamSession(BaseUpstreamSession):
         self._auth_attempts = 0
 
     def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
-        if self._auth_retry is not None and self._auth_retry.active():
-            self._auth_retry.cancel()
-        self._auth_retry = None
+        for call in (self._auth_retry, self._silence_check):
+            if call is not None and call.active():
+                call.cancel()
+        self._auth_retry = self._silence_check = None
         super().disconnected(protocol, clean, code, reason)
+
+    def _watch_silence(self) -> None:
+        """Every half silence-limit, drop a connection that went mute."""
+        self._silence_check = None
+        limit = self.health.silence_timeout
+        if not limit or self._protocol is None or self.state != "ready":
+            return
+        quiet = self.clock.seconds() - self._last_data
+        if quiet > limit and self.router.wanted:
+            self._log.warn("upstream {path} sent no data for {quiet:.0f}s with subscriptions:"
+                           " taking it for mute, reconnecting", path=self.endpoint.path,
+                           quiet=quiet, silence=limit)
+            self._protocol.dropConnection(abort=True)
+            return
+        if not self.router.wanted:
+            self._last_data = self.clock.seconds()  # nothing to hear yet
+        self._silence_check = self.clock.callLater(limit / 2, self._watch_silence)
 
     def _lost(self) -> None:
         self.books.clear()  # upstream sends fresh books after the resubscription
@@ -314,6 +355,7 @@ class UpstreamSession(BaseUpstreamSession):
             else:
                 data.append(element)
         if data and self.state == "ready":
+            self._last_data = self.clock.seconds()
             self.publish(data)
 
     # -- handshake -----------------------------------------------------------
@@ -340,6 +382,10 @@ class UpstreamSession(BaseUpstreamSession):
 
     def _authenticated(self) -> None:
         super()._authenticated()
+        self._last_data = self.clock.seconds()
+        if self.health.silence_timeout:
+            self._silence_check = self.clock.callLater(self.health.silence_timeout / 2,
+                                                       self._watch_silence)
         self.router.upstream_ready(self)
 
     def _error(self, code: Any, text: Any) -> None:

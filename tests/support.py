@@ -116,7 +116,7 @@ class Harness:
 
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
                  symbol_limit: int | None = None, accounts: dict | None = None,
-                 tls: bool = False):
+                 tls: bool = False, health=None):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -127,6 +127,7 @@ class Harness:
         self._configured = configured or None
         self._linger = linger
         self._tls = tls
+        self._health = health
         self.clients: list[RecordingClient] = []
 
     @defer.inlineCallbacks
@@ -135,7 +136,8 @@ class Harness:
             reactor, "tcp:0:interface=127.0.0.1").listen(self.upstream)
         url = "ws://127.0.0.1:%d" % (self.upstream_port.getHost().port,)
         self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
-                                 linger=self._linger, clock=self.clock)
+                                 linger=self._linger, clock=self.clock,
+                                 **({"health": self._health} if self._health else {}))
         self.pool.startService()
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
         self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol)

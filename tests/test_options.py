@@ -26,6 +26,9 @@ DEFAULTS = {
     "simulate": 0,
     "credentials-file": None,
     "client-buffer": 8 << 20,
+    "ping-interval": 10.0,
+    "ping-timeout": 180.0,
+    "silence-timeout": 0.0,
     "accounts": None,
 }
 

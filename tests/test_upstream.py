@@ -118,3 +118,60 @@ class FatalAuthTests(TestCase):
         yield harness.upstream.when(lambda: harness.upstream.handshakes == 1)
         harness.clock.advance(2.5)
         self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
+
+
+class HealthTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self, **health):
+        from alpaca_proxy.upstream import Health
+
+        self.harness = yield Harness(self, health=Health(**health)).start()
+        self.upstream = self.harness.upstream
+        self.client = yield self.harness.login()
+        self.client.send({"action": "subscribe", "trades": ["AAPL"]})
+        yield self.client.next()
+        self.session = self.harness.pool.sessions[0]
+
+    @defer.inlineCallbacks
+    def replayed(self):
+        """After a drop: reconnect on the clock, and the union is subscribed again."""
+        yield turn()
+        self.harness.clock.advance(1.0)
+        yield self.upstream.when(lambda: any(
+            c.subscriptions["trades"] == ["AAPL"] for c in self.upstream.authenticated()))
+
+    @defer.inlineCallbacks
+    def test_mute_upstream_is_redialled_after_the_silence_limit(self):
+        """Subscribed but no data for longer than the silence limit: reconnect and resubscribe."""
+        yield self.start(silence_timeout=20)
+        clock = self.harness.clock
+        lost = self.session.next_disconnect()
+        clock.advance(10)
+        self.upstream.inject([{"T": "t", "S": "AAPL", "p": 1.0, "s": 1, "i": 1}])
+        yield self.client.next()
+        clock.advance(10)
+        clock.advance(10)
+        self.assertFalse(lost.called, "data 20 s ago is within the limit")
+        clock.advance(10)
+        clock.advance(10)
+        yield lost
+        yield self.replayed()
+        self.assertEqual(self.client.state, self.client.STATE_OPEN)
+
+    @defer.inlineCallbacks
+    def test_half_open_upstream_is_dropped_when_pongs_stop(self):
+        """An upstream that stops answering pings is dropped after the ping timeout."""
+        yield self.start(ping_interval=10, ping_timeout=30)
+        clock = self.harness.clock
+        [connection] = self.upstream.authenticated()
+        connection.transport.pauseProducing()  # reads nothing, answers no ping
+        lost = self.session.next_disconnect()
+        clock.advance(10)
+        clock.advance(29)
+        self.assertFalse(lost.called)
+        clock.advance(2)
+        yield lost
+        connection.transport.resumeProducing()
+        yield self.replayed()
