@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from attrs import frozen
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -40,8 +41,9 @@ from alpaca_proxy import __version__, codec, paths
 from alpaca_proxy.credentials import header_credentials
 from alpaca_proxy.timers import use_clock
 from alpaca_proxy.dialects.alpaca_data import (
-    AUTHENTICATED, DIALECTS, WELCOME, Auth, ProtocolError, error,
+    AUTHENTICATED, DIALECTS, WELCOME, Auth, Change, ProtocolError, error,
 )
+from alpaca_proxy.router import applied, keys_of
 
 #: Messages a client may send while its auth verdict is pending.
 MAX_BACKLOG = 64
@@ -49,6 +51,42 @@ MAX_BACKLOG = 64
 MAX_CLIENT_MESSAGE = 16 << 20
 #: Bytes that may queue for a client that stopped reading (then 407 and close).
 DEFAULT_BUFFER_LIMIT = 8 << 20
+
+
+@frozen
+class Limits:
+    """What one client may ask of the proxy (0 means no limit)."""
+
+    #: Bytes that may pile up for a client that stopped reading (then 407, close).
+    buffer_bytes: int = DEFAULT_BUFFER_LIMIT
+    #: Symbols one subscribe/unsubscribe may name, over all channels (else 405).
+    symbols_per_request: int = 10_000
+    #: (channel, symbol) pairs one client may hold (else 405).
+    symbols_per_client: int = 20_000
+    #: Messages per second a client may send, on average over a burst of twice that.
+    messages_per_second: float = 50.0
+    #: Clients connected at once; more are refused at the handshake with HTTP 503.
+    clients: int = 0
+
+
+class _RateLimit:
+    """A token bucket on an injected clock."""
+
+    def __init__(self, clock: Any, rate: float) -> None:
+        self._clock, self._rate = clock, rate
+        self._capacity = self._tokens = max(1.0, 2 * rate)
+        self._stamp = clock.seconds()
+
+    def allow(self) -> bool:
+        if not self._rate:
+            return True
+        now = self._clock.seconds()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 @implementer(IPushProducer)
@@ -98,6 +136,7 @@ class ClientProtocol(WebSocketServerProtocol):
     endpoint = None
     peer_name = None
     encoding = codec.JSON
+    _rate = None
 
     # -- hooks -------------------------------------------------------------------
 
@@ -132,6 +171,12 @@ class ClientProtocol(WebSocketServerProtocol):
             self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
                            path=request.path)
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
+        limit = self.factory.limits.clients
+        if limit and len(self.factory.clients) >= limit:
+            self._log.warn("refusing {peer}: {count} clients connected, the limit",
+                           peer=request.peer, count=len(self.factory.clients))
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
+        self._rate = _RateLimit(self.factory.clock, self.factory.limits.messages_per_second)
         self.endpoint = endpoint
         self.content_type = request.headers.get("content-type")
         self.encoding = codec.encoding_for(self.content_type)
@@ -179,6 +224,13 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- the auth gate -----------------------------------------------------------
 
     def _handle(self, message: Any) -> None:
+        if not self._rate.allow():
+            if self._sendable:
+                self._log.warn("closing {peer} on {path}: more than {rate} messages a second",
+                               peer=self.peer_name, path=self.endpoint.path,
+                               rate=self.factory.limits.messages_per_second)
+                self.close(1008, "too many messages")
+            return
         if self._authenticating:
             if len(self._backlog) >= MAX_BACKLOG:
                 self._undecodable("too many messages before the auth verdict")
@@ -239,7 +291,7 @@ class ClientProtocol(WebSocketServerProtocol):
         # after Autobahn takes the connection over from it.
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()
-        self._backpressure = _Backpressure(self.factory.buffer_limit)
+        self._backpressure = _Backpressure(self.factory.limits.buffer_bytes)
         self.transport.registerProducer(self._backpressure, True)
 
     def _room_for(self, size: int) -> bool:
@@ -328,8 +380,20 @@ class DownstreamProtocol(ClientProtocol):
                 self._authenticate(request.credentials)
         elif self.session is None:
             self.send_control(error(401))
+        elif not self._within_limits(request):
+            self._bad_input(405, "over the proxy's symbol limits")
         else:
             self.session.router.request(self, request)
+
+    def _within_limits(self, change: Change) -> bool:
+        limits = self.factory.limits
+        named = sum(len(symbols) for symbols in change.channels.values())
+        if limits.symbols_per_request and named > limits.symbols_per_request:
+            return False
+        if limits.symbols_per_client and change.action == "subscribe":
+            held = keys_of(applied(self.session.router.state(self), change))
+            return len(held) <= limits.symbols_per_client
+        return True
 
     def _undecodable(self, why: str) -> None:
         self._bad_input(400, why)
@@ -374,7 +438,7 @@ class DownstreamFactory(WebSocketServerFactory):
 
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
                  auth_timeout: float = 10.0, protocol: type | None = None,
-                 buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
+                 limits: Limits = Limits(), clients: set | None = None) -> None:
         if protocol is not None:
             self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
@@ -389,9 +453,9 @@ class DownstreamFactory(WebSocketServerFactory):
         self.clock = clock
         self.default_feed = default_feed
         self.auth_timeout = auth_timeout
-        #: Bytes that may pile up for a client that stopped reading before it is cut off.
-        self.buffer_limit = buffer_limit
-        self.clients: set[DownstreamProtocol] = set()
+        self.limits = limits
+        #: Every connected client; factories of one proxy share the set.
+        self.clients: set[ClientProtocol] = set() if clients is None else clients
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every client's websocket (e.g. 1001 when the proxy stops)."""

@@ -29,6 +29,10 @@ ENVIRONMENT = {
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
     "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
+    "max-clients": "ALPACA_PROXY_MAX_CLIENTS",
+    "max-symbols": "ALPACA_PROXY_MAX_SYMBOLS",
+    "max-request-symbols": "ALPACA_PROXY_MAX_REQUEST_SYMBOLS",
+    "max-rate": "ALPACA_PROXY_MAX_RATE",
     "ping-interval": "ALPACA_PROXY_PING_INTERVAL",
     "ping-timeout": "ALPACA_PROXY_PING_TIMEOUT",
     "silence-timeout": "ALPACA_PROXY_SILENCE_TIMEOUT",
@@ -72,6 +76,18 @@ class Options(usage.Options):
         ["client-buffer", None, 8 << 20,
          "Bytes that may pile up for a client that stopped reading; then it gets 407"
          " and is closed [env ALPACA_PROXY_CLIENT_BUFFER].", int],
+        ["max-clients", None, 0,
+         "Clients connected at once; more get HTTP 503; 0 no limit"
+         " [env ALPACA_PROXY_MAX_CLIENTS].", int],
+        ["max-symbols", None, 20000,
+         "Channel/symbol pairs one client may hold (else 405)"
+         " [env ALPACA_PROXY_MAX_SYMBOLS].", int],
+        ["max-request-symbols", None, 10000,
+         "Symbols one subscribe may name (else 405) [env ALPACA_PROXY_MAX_REQUEST_SYMBOLS].",
+         int],
+        ["max-rate", None, 50.0,
+         "Messages a second a client may send (bursts of twice that); past it the client is"
+         " closed [env ALPACA_PROXY_MAX_RATE].", float],
         ["credentials-file", None, None,
          "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
          "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
@@ -108,9 +124,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001),
                               ("client-buffer", 65536), ("ping-interval", 1.0),
-                              ("ping-timeout", 1.0), ("silence-timeout", 0.0)):
+                              ("ping-timeout", 1.0), ("silence-timeout", 0.0),
+                              ("max-clients", 0), ("max-symbols", 0),
+                              ("max-request-symbols", 0), ("max-rate", 0.0)):
             self[name] = _number(name, self[name], minimum)
-        self["client-buffer"] = int(self["client-buffer"])
+        for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols"):
+            self[name] = int(self[name])
         _check_listen(self["listen"])
         for name in ("data-url", "trading-url"):
             self[name] = _check_url(name, self[name])

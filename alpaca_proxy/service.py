@@ -9,7 +9,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from alpaca_proxy.downstream import DownstreamFactory
+from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.options import Options
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import SimulatorService
@@ -61,10 +61,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                         linger=options["linger"], trading_url=trading_url, health=health)
     pool.setName("upstreams")
     pool.setServiceParent(top)
-    limits = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
-                  buffer_limit=options["client-buffer"])
-    data = DownstreamFactory(pool, reactor, **limits)
-    trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **limits)
+    limits = Limits(buffer_bytes=options["client-buffer"],
+                    symbols_per_request=options["max-request-symbols"],
+                    symbols_per_client=options["max-symbols"],
+                    messages_per_second=options["max-rate"], clients=options["max-clients"])
+    settings = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
+                    limits=limits, clients=set())
+    data = DownstreamFactory(pool, reactor, **settings)
+    trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
     site = StreamSite(data, trading)
     listener = ListenerService(serverFromString(reactor, options["listen"]), site)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup

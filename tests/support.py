@@ -18,7 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import Clock, deferLater
 
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.downstream import DownstreamFactory
+from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
 from alpaca_proxy.timers import use_clock
@@ -116,7 +116,7 @@ class Harness:
 
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
                  symbol_limit: int | None = None, accounts: dict | None = None,
-                 tls: bool = False, health=None):
+                 tls: bool = False, health=None, limits=None):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -128,6 +128,7 @@ class Harness:
         self._linger = linger
         self._tls = tls
         self._health = health
+        self._limits = limits or Limits()
         self.clients: list[RecordingClient] = []
 
     @defer.inlineCallbacks
@@ -139,8 +140,11 @@ class Harness:
                                  linger=self._linger, clock=self.clock,
                                  **({"health": self._health} if self._health else {}))
         self.pool.startService()
-        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex")
-        self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol)
+        clients: set = set()
+        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex",
+                                         limits=self._limits, clients=clients)
+        self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol,
+                                                 limits=self._limits, clients=clients)
         self.site = StreamSite(self.factory, self.trading_factory)
         listen = "tcp:0:interface=127.0.0.1"
         if self._tls:
