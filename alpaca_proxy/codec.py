@@ -9,6 +9,7 @@ per element, shared by every JSON client).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
@@ -46,12 +47,42 @@ def _json_default(value: Any) -> Any:
         return rfc3339(value)
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, msgpack.ExtType):
+        return base64.b64encode(value.data).decode("ascii")
     raise TypeError("cannot render %s as JSON" % type(value).__name__)
 
 
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy: text keys, and what orjson refuses turned into text."""
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, msgpack.ExtType):  # a tuple, but not a list
+        return _json_default(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            -(2 ** 63) <= value < 2 ** 64):
+        return str(value)
+    return value
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "replace")
+    return key if isinstance(key, str) else str(key)
+
+
 def to_json(message: Any) -> bytes:
-    """One message (or array of them) as compact JSON, key order preserved."""
-    return orjson.dumps(message, default=_json_default)
+    """One message (or array of them) as compact JSON, key order preserved.
+
+    Never raises for what MessagePack can carry: anything orjson refuses (bytes
+    keys, unknown extension types) is rendered as text rather than breaking the
+    fan-out of a whole frame.
+    """
+    try:
+        return orjson.dumps(message, default=_json_default)
+    except (TypeError, orjson.JSONEncodeError):
+        return orjson.dumps(_plain(message), default=_json_default)
 
 
 def to_msgpack(message: Any) -> bytes:
