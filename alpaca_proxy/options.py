@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.upstream import load_ca_bundle
 
 #: option name -> environment variable
 ENVIRONMENT = {
@@ -28,6 +29,7 @@ ENVIRONMENT = {
     "auth-timeout": "ALPACA_PROXY_AUTH_TIMEOUT",
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
+    "ca-bundle": "ALPACA_PROXY_CA_BUNDLE",
     "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
     "max-clients": "ALPACA_PROXY_MAX_CLIENTS",
     "max-symbols": "ALPACA_PROXY_MAX_SYMBOLS",
@@ -88,6 +90,9 @@ class Options(usage.Options):
         ["max-rate", None, 50.0,
          "Messages a second a client may send (bursts of twice that); past it the client is"
          " closed [env ALPACA_PROXY_MAX_RATE].", float],
+        ["ca-bundle", None, None,
+         "PEM file of CAs that upstream TLS certificates must chain to, instead of the"
+         " system's (e.g. a corporate proxy's) [env ALPACA_PROXY_CA_BUNDLE]."],
         ["credentials-file", None, None,
          "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
          "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
@@ -143,6 +148,12 @@ class Options(usage.Options):
             accounts.update(_read_accounts(self["credentials-file"]))
         #: key -> Credentials clients must present; None: clients bring their own.
         self["accounts"] = accounts or None
+        self["trust-root"] = None
+        if self["ca-bundle"]:
+            try:
+                self["trust-root"] = load_ca_bundle(self["ca-bundle"])
+            except (OSError, ValueError) as problem:
+                raise usage.UsageError("--ca-bundle: %s" % (problem,)) from None
 
 
 def _number(name: str, value: object, minimum: float) -> float:

@@ -45,6 +45,7 @@ class UpstreamPool(MultiService):
         linger: float = 30.0,
         clock: Any = None,
         health: Health = Health(),
+        trust_root: Any = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -56,6 +57,8 @@ class UpstreamPool(MultiService):
         self._accounts = dict(accounts) if accounts else None
         self._linger = linger
         self._health = health
+        #: CAs that upstream TLS certificates must chain to (None: the platform's).
+        self._trust_root = trust_root
         self._sessions: dict[tuple[str, str], UpstreamService] = {}
         self._retirements: dict[UpstreamSession, Any] = {}
 
@@ -112,7 +115,7 @@ class UpstreamPool(MultiService):
             base = self._data_url()
         session.on_refused = self._refused
         url = base.rstrip("/") + endpoint.path
-        service = UpstreamService(session, url, self._reactor)
+        service = UpstreamService(session, url, self._reactor, self._trust_root)
         self._sessions[(credentials.key, endpoint.path)] = service
         self._log.info("opening upstream {url} for key {key}", url=url, key=credentials.key)
         service.setServiceParent(self)

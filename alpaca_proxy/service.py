@@ -58,7 +58,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     health = Health(ping_interval=options["ping-interval"], ping_timeout=options["ping-timeout"],
                     silence_timeout=options["silence-timeout"])
     pool = UpstreamPool(reactor, data_url, accounts=options["accounts"],
-                        linger=options["linger"], trading_url=trading_url, health=health)
+                        linger=options["linger"], trading_url=trading_url, health=health,
+                        trust_root=options["trust-root"])
     pool.setName("upstreams")
     pool.setServiceParent(top)
     limits = Limits(buffer_bytes=options["client-buffer"],

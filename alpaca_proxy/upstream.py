@@ -21,8 +21,10 @@ from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from alpaca_proxy import __version__, codec
 from alpaca_proxy.books import OrderBooks
@@ -44,15 +46,31 @@ def backoff(attempt: int, rng: random.Random, initial: float = 1.0, cap: float =
     return ceiling * (0.5 + rng.random() / 2)
 
 
-def endpoint_for(reactor: Any, url: str) -> Any:
-    """A client endpoint for a ``ws://`` or ``wss://`` URL; TLS verifies the host name."""
+def endpoint_for(reactor: Any, url: str, trust_root: Any = None) -> Any:
+    """A client endpoint for a ``ws://`` or ``wss://`` URL.
+
+    TLS verifies the certificate chain (the platform's CAs, or ``trust_root``)
+    and, through service-identity, that it names the host.
+    """
     parsed = URL.from_text(url)
     host = parsed.host
     if parsed.scheme == "wss":
         port = parsed.port or 443
-        tls = optionsForClientTLS(host)
+        tls = optionsForClientTLS(host, trustRoot=trust_root)
         return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port))
     return HostnameEndpoint(reactor, host, parsed.port or 80)
+
+
+def load_ca_bundle(path: str) -> Any:
+    """A trust root from a PEM file of one or more CA certificates (ValueError if none)."""
+    with open(path, "rb") as source:
+        text = source.read()
+    marker = b"-----END CERTIFICATE-----"
+    certificates = [Certificate.loadPEM(block + marker) for block in text.split(marker)
+                    if b"-----BEGIN CERTIFICATE-----" in block]
+    if not certificates:
+        raise ValueError("no certificate in %s" % (path,))
+    return trustRootFromCertificates(certificates)
 
 
 class UpstreamProtocol(WebSocketClientProtocol):
@@ -65,6 +83,14 @@ class UpstreamProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         self.factory.session.received(payload, isBinary)
+
+    cause = None
+
+    def connectionLost(self, reason):
+        # Keep the transport's own reason (a TLS verification failure, say):
+        # Autobahn's close reason only says the peer dropped the connection.
+        self.cause = reason
+        super().connectionLost(reason)
 
     def onClose(self, wasClean, code, reason):
         self.factory.session.disconnected(self, wasClean, code, reason)
@@ -203,6 +229,14 @@ class BaseUpstreamSession:
                        key=self.credentials.key)
         self._on_connected()
 
+    def failed(self, reason: Any) -> None:
+        """A connection attempt failed before any protocol ran (DNS, TCP).
+
+        ClientService counts these for the backoff itself; this only says so.
+        """
+        self._log.warn("upstream {path} unreachable ({key}): {reason}", path=self.endpoint.path,
+                       key=self.credentials.key, reason=reason.getErrorMessage())
+
     def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
         if protocol is not self._protocol and self._protocol is not None:
             return
@@ -216,10 +250,11 @@ class BaseUpstreamSession:
             self._lost()
         else:
             self._bad_sessions += 1
+        cause = protocol.cause.getErrorMessage() if protocol.cause is not None else ""
         self._log.info(
-            "upstream {path} lost ({key}): clean={clean} code={code} reason={reason}",
-            path=self.endpoint.path, key=self.credentials.key, clean=clean, code=code,
-            reason=reason)
+            "upstream {path} lost ({key}): clean={clean} code={code} reason={reason}"
+            " cause={cause}", path=self.endpoint.path, key=self.credentials.key, clean=clean,
+            code=code, reason=reason, cause=cause)
         self._closed_waiters, waiters = [], self._closed_waiters
         for waiter in waiters:
             waiter.callback(None)
@@ -444,15 +479,32 @@ class UpstreamSession(BaseUpstreamSession):
             client.send_prepared(client.prepare(payload, client.encoding.binary))
 
 
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """An endpoint that tells the session about failed connection attempts."""
+
+    def __init__(self, endpoint: Any, session: BaseUpstreamSession) -> None:
+        self._endpoint = endpoint
+        self._session = session
+
+    def connect(self, factory: Any) -> Deferred:
+        def report(reason: Any) -> Any:
+            self._session.failed(reason)
+            return reason
+
+        return self._endpoint.connect(factory).addErrback(report)
+
+
 class UpstreamService(MultiService):
     """A session's reconnecting connection, closed with a handshake on stop."""
 
-    def __init__(self, session: BaseUpstreamSession, url: str, reactor: Any) -> None:
+    def __init__(self, session: BaseUpstreamSession, url: str, reactor: Any,
+                 trust_root: Any = None) -> None:
         super().__init__()
         self.session = session
         self.url = url
         self._client = ClientService(
-            endpoint_for(reactor, url),
+            _ReportingEndpoint(endpoint_for(reactor, url, trust_root), session),
             UpstreamFactory(session, url, reactor),
             retryPolicy=session.retry_delay,
             clock=session.clock,

@@ -23,6 +23,7 @@ from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
 from alpaca_proxy.timers import use_clock
 from alpaca_proxy.trading import TradingProtocol
+from alpaca_proxy.upstream import load_ca_bundle
 from alpaca_proxy.web import StreamSite
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
@@ -116,7 +117,8 @@ class Harness:
 
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
                  symbol_limit: int | None = None, accounts: dict | None = None,
-                 tls: bool = False, health=None, limits=None):
+                 tls: bool = False, health=None, limits=None,
+                 upstream_tls: str | None = None, trust_upstream: bool = True):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -129,15 +131,25 @@ class Harness:
         self._tls = tls
         self._health = health
         self._limits = limits or Limits()
+        #: With a host name: upstream speaks TLS with a certificate for "localhost",
+        #: and the proxy dials wss://{upstream_tls}, trusting that CA if asked to.
+        self._upstream_tls = upstream_tls
+        self._trust_upstream = trust_upstream
         self.clients: list[RecordingClient] = []
 
     @defer.inlineCallbacks
     def start(self):
-        self.upstream_port = yield serverFromString(
-            reactor, "tcp:0:interface=127.0.0.1").listen(self.upstream)
-        url = "ws://127.0.0.1:%d" % (self.upstream_port.getHost().port,)
+        upstream_listen, trust_root = "tcp:0:interface=127.0.0.1", None
+        if self._upstream_tls:
+            upstream_listen = self._certificate("upstream")
+            if self._trust_upstream:
+                trust_root = load_ca_bundle(self.ca_path)
+        self.upstream_port = yield serverFromString(reactor, upstream_listen).listen(self.upstream)
+        url = "%s://%s:%d" % ("wss" if self._upstream_tls else "ws",
+                              self._upstream_tls or "127.0.0.1",
+                              self.upstream_port.getHost().port)
         self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
-                                 linger=self._linger, clock=self.clock,
+                                 linger=self._linger, clock=self.clock, trust_root=trust_root,
                                  **({"health": self._health} if self._health else {}))
         self.pool.startService()
         clients: set = set()
@@ -155,13 +167,20 @@ class Harness:
         return self
 
     def _tls_listen(self) -> str:
-        """A throwaway CA and a certificate for localhost; ``self.ca_path`` is the CA."""
+        return self._certificate("proxy", "localhost", "127.0.0.1")
+
+    def _certificate(self, name: str, *hosts: str) -> str:
+        """A TLS listen string with a throwaway CA's certificate for ``hosts``.
+
+        ``self.ca_path`` is the CA.  By default the certificate names only
+        "localhost", so dialling 127.0.0.1 is a host-name mismatch.
+        """
         import os
 
         import trustme
 
         ca = trustme.CA()
-        certificate = ca.issue_cert("localhost", "127.0.0.1")
+        certificate = ca.issue_cert(*(hosts or ("localhost",)))
         folder = self.testcase.mktemp()
         os.makedirs(folder)
         self.ca_path = os.path.join(folder, "ca.pem")

@@ -25,6 +25,8 @@ DEFAULTS = {
     "sim-rate": 2.0,
     "simulate": 0,
     "credentials-file": None,
+    "ca-bundle": None,
+    "trust-root": None,
     "client-buffer": 8 << 20,
     "max-clients": 0,
     "max-symbols": 20000,

@@ -175,3 +175,70 @@ class HealthTests(TestCase):
         yield lost
         connection.transport.resumeProducing()
         yield self.replayed()
+
+
+class UpstreamTlsTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_verified_tls_upstream(self):
+        """A wss:// upstream whose certificate chains to the given CA and names the host."""
+        harness = yield Harness(self, upstream_tls="localhost").start()
+        client = yield harness.login()
+        client.send({"action": "subscribe", "trades": ["AAPL"]})
+        self.assertEqual((yield client.next())[0]["trades"], ["AAPL"])
+        harness.upstream.inject([{"T": "t", "S": "AAPL", "p": 1.0}])
+        self.assertEqual((yield client.next())[0]["S"], "AAPL")
+
+    @defer.inlineCallbacks
+    def refused(self, **tls):
+        harness = yield Harness(self, **tls).start()
+        unreachable = logged(self, lambda e: "upstream" in e.get("log_format", "") and
+                             any(word in e.get("cause", "") for word in
+                                 ("certificate verify failed", "Mismatch")))
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "s3cr3t-Fh9vQ2"})
+        event = yield unreachable
+        self.assertEqual(harness.upstream.handshakes, 0)
+        return event
+
+    def test_wrong_host_name_refused(self):
+        """A certificate for another host name is refused and logged, never accepted."""
+        return self.refused(upstream_tls="127.0.0.1")
+
+    def test_untrusted_ca_refused(self):
+        """A certificate from a CA nobody trusts is refused and logged."""
+        return self.refused(upstream_tls="localhost", trust_upstream=False)
+
+
+class UnreachableUpstreamTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_refused_tcp_is_reported_and_backs_off(self):
+        """Nothing listening upstream: each attempt is logged, delays double, the client waits."""
+        harness = yield Harness(self).start()
+        yield harness.upstream_port.stopListening()
+        clock = harness.clock
+        delays = []
+        failure = logged(self, lambda e: "unreachable" in e.get("log_format", ""))
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "s3cr3t-Fh9vQ2"})
+        for attempt in range(4):
+            event = yield failure
+            self.assertIn("refused", event["reason"].lower())
+            before = set(clock.getDelayedCalls())
+            yield turn()
+            [retry] = [call for call in clock.getDelayedCalls() if call not in before]
+            delay = retry.getTime() - clock.seconds()
+            delays.append(delay)
+            failure = logged(self, lambda e: "unreachable" in e.get("log_format", ""))
+            clock.advance(delay)
+        for delay, ceiling in zip(delays, [1, 2, 4, 8]):
+            self.assertTrue(ceiling / 2 <= delay <= ceiling, delays)
+        # Locally verified credentials: answered after 2.5 s whatever upstream does.
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
+        client.send({"action": "subscribe", "trades": ["AAPL"]})
+        self.assertEqual((yield client.next())[0]["trades"], ["AAPL"])
