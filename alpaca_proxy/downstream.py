@@ -171,6 +171,12 @@ class ClientProtocol(WebSocketServerProtocol):
             self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
                            path=request.path)
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
+        origin = request.headers.get("origin")
+        if origin is not None and not self.factory.origin_allowed(origin):
+            # A web page in the user's browser must not drive the local proxy.
+            self._log.warn("refusing {peer}: websocket from web origin {origin} not allowed",
+                           peer=request.peer, origin=origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         limit = self.factory.limits.clients
         if limit and len(self.factory.clients) >= limit:
             self._log.warn("refusing {peer}: {count} clients connected, the limit",
@@ -438,7 +444,8 @@ class DownstreamFactory(WebSocketServerFactory):
 
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
                  auth_timeout: float = 10.0, protocol: type | None = None,
-                 limits: Limits = Limits(), clients: set | None = None) -> None:
+                 limits: Limits = Limits(), clients: set | None = None,
+                 origins: frozenset[str] = frozenset()) -> None:
         if protocol is not None:
             self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
@@ -454,8 +461,13 @@ class DownstreamFactory(WebSocketServerFactory):
         self.default_feed = default_feed
         self.auth_timeout = auth_timeout
         self.limits = limits
+        #: Web origins allowed to open websockets ("*": any); SDKs send none.
+        self.origins = frozenset(origin.rstrip("/").lower() for origin in origins)
         #: Every connected client; factories of one proxy share the set.
         self.clients: set[ClientProtocol] = set() if clients is None else clients
+
+    def origin_allowed(self, origin: str) -> bool:
+        return "*" in self.origins or origin.rstrip("/").lower() in self.origins
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every client's websocket (e.g. 1001 when the proxy stops)."""

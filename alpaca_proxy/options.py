@@ -30,6 +30,7 @@ ENVIRONMENT = {
     "sim-rate": "ALPACA_PROXY_SIM_RATE",
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
     "ca-bundle": "ALPACA_PROXY_CA_BUNDLE",
+    "allow-origin": "ALPACA_PROXY_ALLOW_ORIGIN",
     "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
     "max-clients": "ALPACA_PROXY_MAX_CLIENTS",
     "max-symbols": "ALPACA_PROXY_MAX_SYMBOLS",
@@ -90,6 +91,10 @@ class Options(usage.Options):
         ["max-rate", None, 50.0,
          "Messages a second a client may send (bursts of twice that); past it the client is"
          " closed [env ALPACA_PROXY_MAX_RATE].", float],
+        ["allow-origin", None, "",
+         "Comma-separated web origins whose pages may open websockets (e.g."
+         " http://localhost:3000, or *); others are refused with 403, clients that send no"
+         " Origin (SDKs) are never affected [env ALPACA_PROXY_ALLOW_ORIGIN]."],
         ["ca-bundle", None, None,
          "PEM file of CAs that upstream TLS certificates must chain to, instead of the"
          " system's (e.g. a corporate proxy's) [env ALPACA_PROXY_CA_BUNDLE]."],
@@ -148,6 +153,8 @@ class Options(usage.Options):
             accounts.update(_read_accounts(self["credentials-file"]))
         #: key -> Credentials clients must present; None: clients bring their own.
         self["accounts"] = accounts or None
+        self["origins"] = frozenset(o.strip() for o in self["allow-origin"].split(",")
+                                    if o.strip())
         self["trust-root"] = None
         if self["ca-bundle"]:
             try:

@@ -67,7 +67,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                     symbols_per_client=options["max-symbols"],
                     messages_per_second=options["max-rate"], clients=options["max-clients"])
     settings = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
-                    limits=limits, clients=set())
+                    limits=limits, clients=set(), origins=options["origins"])
     data = DownstreamFactory(pool, reactor, **settings)
     trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
     site = StreamSite(data, trading)

@@ -89,3 +89,20 @@ class LimitTests(TestCase):
         yield first.closed
         yield turn()  # the proxy sees the close a turn after the client
         yield harness.connect(path="/stream")
+
+
+class OriginTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_web_pages_refused_unless_allowed(self):
+        """An upgrade with an Origin (a browser page) is 403 unless listed; SDKs send none."""
+        harness = yield Harness(self).start()
+        with self.assertRaises(ConnectionError):
+            yield harness.connect(headers={"Origin": "https://evil.example"})
+        yield harness.connect()
+        harness.factory.origins = frozenset({"http://localhost:3000"})
+        client = yield harness.connect(headers={"Origin": "http://localhost:3000"})
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "connected"}])
+        with self.assertRaises(ConnectionError):
+            yield harness.connect(headers={"Origin": "http://localhost:3001"})

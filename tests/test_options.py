@@ -26,6 +26,8 @@ DEFAULTS = {
     "simulate": 0,
     "credentials-file": None,
     "ca-bundle": None,
+    "allow-origin": "",
+    "origins": frozenset(),
     "trust-root": None,
     "client-buffer": 8 << 20,
     "max-clients": 0,
