@@ -102,6 +102,21 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(message.count("\n"), 0)
 
 
+class ReadmeTests(SynchronousTestCase):
+    def test_readme_documents_every_option(self):
+        """Every option, and the variable that sets it, is in README.md's table."""
+        from pathlib import Path
+
+        from alpaca_proxy.options import ENVIRONMENT
+
+        readme = (Path(__file__).parent.parent / "README.md").read_text()
+        names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
+        for name in names:
+            self.assertIn("`--%s`" % (name,), readme)
+        for variable in ENVIRONMENT.values():
+            self.assertIn("`%s`" % (variable,), readme)
+
+
 class PluginTests(SynchronousTestCase):
     def test_plugin_listed(self):
         """twistd finds the alpaca-proxy plugin."""
