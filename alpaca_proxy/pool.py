@@ -29,6 +29,9 @@ from alpaca_proxy.upstream import BaseUpstreamSession, Health, UpstreamService, 
 #: How long a locally verified client waits for upstream's own verdict before
 #: it is told ``authenticated`` anyway (Go clients give up after 3 s).
 VERDICT_WAIT = 2.5
+#: How long upstream's refusal of a key pair (402, 409, ...) is answered locally:
+#: clients that retry at once (alpaca-trade-api: every 10 ms) must not hammer it.
+REFUSAL_MEMORY = 60.0
 
 
 class UpstreamPool(MultiService):
@@ -60,7 +63,9 @@ class UpstreamPool(MultiService):
         #: CAs that upstream TLS certificates must chain to (None: the platform's).
         self._trust_root = trust_root
         self._sessions: dict[tuple[str, str], UpstreamService] = {}
-        self._retirements: dict[UpstreamSession, Any] = {}
+        self._retirements: dict[BaseUpstreamSession, Any] = {}
+        #: (key, path) -> (credentials refused, code, until when)
+        self._refusals: dict[tuple[str, str], tuple[Credentials, int, float]] = {}
 
     @property
     def sessions(self) -> list[BaseUpstreamSession]:
@@ -73,6 +78,12 @@ class UpstreamPool(MultiService):
             configured = self._accounts.get(credentials.key)
             if configured is None or not configured.matches(credentials):
                 return fail(ProtocolError(402))
+        refusal = self._refusals.get((credentials.key, endpoint.path))
+        if refusal is not None:
+            refused, code, until = refusal
+            if self._clock.seconds() < until and refused.matches(credentials):
+                return fail(ProtocolError(code))
+            del self._refusals[(credentials.key, endpoint.path)]
         service = self._sessions.get((credentials.key, endpoint.path))
         if service is not None and not service.session.credentials.matches(credentials):
             return fail(ProtocolError(402))
@@ -145,6 +156,7 @@ class UpstreamPool(MultiService):
         for client in session.clients:
             client.upstream_refused(code)
         key = (session.credentials.key, session.endpoint.path)
+        self._refusals[key] = (session.credentials, code, self._clock.seconds() + REFUSAL_MEMORY)
         service = self._sessions.get(key)
         if service is not None and service.session is session:
             del self._sessions[key]

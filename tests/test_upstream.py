@@ -242,3 +242,47 @@ class UnreachableUpstreamTests(TestCase):
         self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
         client.send({"action": "subscribe", "trades": ["AAPL"]})
         self.assertEqual((yield client.next())[0]["trades"], ["AAPL"])
+
+
+class RefusalMemoryTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_refused_pair_is_answered_locally_for_a_while(self):
+        """After upstream refuses a pair, retries get the same error without dialling again."""
+        harness = yield Harness(self, configured=False).start()
+
+        @defer.inlineCallbacks
+        def attempt():
+            client = yield harness.connect()
+            yield client.next()
+            client.send({"action": "auth", "key": KEY, "secret": "wrong"})
+            return (yield client.next())
+
+        self.assertEqual((yield attempt())[0]["code"], 402)
+        self.assertEqual((yield attempt())[0]["code"], 402)
+        self.assertEqual(harness.upstream.handshakes, 1)
+        harness.clock.advance(61)
+        self.assertEqual((yield attempt())[0]["code"], 402)
+        self.assertEqual(harness.upstream.handshakes, 2)
+
+
+class CleanUpstreamCloseTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_upstream_closing_cleanly_is_redialled(self):
+        """Upstream closing with a close handshake: reconnect, replay; the client stays."""
+        harness = yield Harness(self).start()
+        client = yield harness.login()
+        client.send({"action": "subscribe", "quotes": ["MSFT"]})
+        yield client.next()
+        lost = harness.pool.sessions[0].next_disconnect()
+        harness.upstream.authenticated()[0].sendClose(1000, "maintenance")
+        yield lost
+        yield turn()
+        harness.clock.advance(1.0)
+        yield harness.upstream.when(lambda: any(
+            c.subscriptions["quotes"] == ["MSFT"] for c in harness.upstream.authenticated()))
+        harness.upstream.inject([{"T": "q", "S": "MSFT", "bp": 1.0}])
+        self.assertEqual((yield client.next())[0]["S"], "MSFT")
