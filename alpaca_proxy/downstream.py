@@ -44,6 +44,7 @@ from alpaca_proxy.dialects.alpaca_data import (
     AUTHENTICATED, DIALECTS, WELCOME, Auth, Change, ProtocolError, error,
 )
 from alpaca_proxy.router import applied, keys_of
+from alpaca_proxy.stats import ProxyStats
 
 #: Messages a client may send while its auth verdict is pending.
 MAX_BACKLOG = 64
@@ -137,6 +138,8 @@ class ClientProtocol(WebSocketServerProtocol):
     peer_name = None
     encoding = codec.JSON
     _rate = None
+    messages_sent = 0
+    connected_at = 0.0
 
     # -- hooks -------------------------------------------------------------------
 
@@ -170,17 +173,20 @@ class ClientProtocol(WebSocketServerProtocol):
         if endpoint is None:
             self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
                            path=request.path)
+            self.factory.stats.refused[404] += 1
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
         origin = request.headers.get("origin")
         if origin is not None and not self.factory.origin_allowed(origin):
             # A web page in the user's browser must not drive the local proxy.
             self._log.warn("refusing {peer}: websocket from web origin {origin} not allowed",
                            peer=request.peer, origin=origin)
+            self.factory.stats.refused[403] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         limit = self.factory.limits.clients
         if limit and len(self.factory.clients) >= limit:
             self._log.warn("refusing {peer}: {count} clients connected, the limit",
                            peer=request.peer, count=len(self.factory.clients))
+            self.factory.stats.refused[503] += 1
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
         self._rate = _RateLimit(self.factory.clock, self.factory.limits.messages_per_second)
         self.endpoint = endpoint
@@ -197,6 +203,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._log.info("client {peer} connected to {path} ({encoding})", peer=self.peer_name,
                            path=self.endpoint.path, encoding=self.encoding.name)
             self.factory.clients.add(self)
+            self.connected_at = self.factory.clock.seconds()
             self._watch_backpressure()
             self._opened()
             self._deadline = self.factory.clock.callLater(
@@ -308,12 +315,18 @@ class ClientProtocol(WebSocketServerProtocol):
                        peer=self.peer_name, path=self.endpoint.path,
                        queued=self._backpressure.queued, code=407)
         self._backpressure = None
+        self.factory.stats.slow_clients += 1
         self._slow()
         self.dropConnection(abort=True)
         return False
 
     def _slow(self) -> None:
         """Say goodbye to a client that is cut off for not reading (may never arrive)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting for this client beyond the transport's own buffer (0 if reading)."""
+        return self._backpressure.queued if self._backpressure is not None else 0
 
     @property
     def _sendable(self) -> bool:
@@ -424,6 +437,8 @@ class DownstreamProtocol(ClientProtocol):
     # -- called by the router and the session ------------------------------------
 
     def send_control(self, message: dict) -> None:
+        if message["T"] == "error":
+            self.factory.stats.errors[message["code"]] += 1
         self.send_payload(self.encoding.control(message), self.encoding.binary)
 
     def acknowledge(self, state) -> None:
@@ -445,7 +460,7 @@ class DownstreamFactory(WebSocketServerFactory):
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
                  auth_timeout: float = 10.0, protocol: type | None = None,
                  limits: Limits = Limits(), clients: set | None = None,
-                 origins: frozenset[str] = frozenset()) -> None:
+                 origins: frozenset[str] = frozenset(), stats: ProxyStats | None = None) -> None:
         if protocol is not None:
             self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
@@ -461,6 +476,8 @@ class DownstreamFactory(WebSocketServerFactory):
         self.default_feed = default_feed
         self.auth_timeout = auth_timeout
         self.limits = limits
+        #: Shared by the proxy's factories, read by the status page and /metrics.
+        self.stats = ProxyStats() if stats is None else stats
         #: Web origins allowed to open websockets ("*": any); SDKs send none.
         self.origins = frozenset(origin.rstrip("/").lower() for origin in origins)
         #: Every connected client; factories of one proxy share the set.

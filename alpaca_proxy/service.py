@@ -13,6 +13,7 @@ from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.options import Options
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import SimulatorService
+from alpaca_proxy.stats import ProxyStats
 from alpaca_proxy.trading import TradingProtocol
 from alpaca_proxy.upstream import Health
 from alpaca_proxy.web import StreamSite
@@ -67,7 +68,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                     symbols_per_client=options["max-symbols"],
                     messages_per_second=options["max-rate"], clients=options["max-clients"])
     settings = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
-                    limits=limits, clients=set(), origins=options["origins"])
+                    limits=limits, clients=set(), origins=options["origins"],
+                    stats=ProxyStats())
     data = DownstreamFactory(pool, reactor, **settings)
     trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
     site = StreamSite(data, trading)

@@ -94,6 +94,8 @@ class TradingSession(BaseUpstreamSession):
     def publish(self, stream: str, message: dict, payload: bytes, binary: bool) -> None:
         """Send one event to every listener: upstream's own bytes, or MessagePack once."""
         self.events += 1
+        self.bytes_in += len(payload)
+        self.incoming.add(1, self.clock.seconds())
         prepared: dict[codec.Encoding, Any] = {}
         for client, streams in list(self.listeners.items()):
             if stream not in streams:
@@ -105,6 +107,8 @@ class TradingSession(BaseUpstreamSession):
                 else:
                     prepared[encoding] = client.prepare(encoding.encode(message), encoding.binary)
             client.send_prepared(prepared[encoding])
+            client.messages_sent += 1
+            self.messages_out += 1
 
 
 def _is_msgpack(payload: bytes) -> bool:

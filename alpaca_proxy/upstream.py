@@ -32,6 +32,7 @@ from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import ERRORS, AlpacaDataDialect, ProtocolError
 from alpaca_proxy.paths import Endpoint
 from alpaca_proxy.router import Router
+from alpaca_proxy.stats import RateMeter
 from alpaca_proxy.timers import use_clock
 
 #: Upstream errors that answer one of our (un)subscribe requests.
@@ -169,6 +170,11 @@ class BaseUpstreamSession:
         self._bad_sessions = 0
         self._verdict_waiters: list[Deferred] = []
         self._closed_waiters: list[Deferred] = []
+        #: For the status page and /metrics.
+        self.incoming = RateMeter()
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.ready_since: float | None = None
 
     def __repr__(self) -> str:
         return "<%s %s key=%s %s>" % (type(self).__name__, self.endpoint.path,
@@ -242,6 +248,7 @@ class BaseUpstreamSession:
             return
         was_ready = self.state == "ready"
         self._protocol = None
+        self.ready_since = None
         if self.state != "refused":
             self.state = "connecting"
         if was_ready:
@@ -263,6 +270,7 @@ class BaseUpstreamSession:
 
     def _authenticated(self) -> None:
         self.state = "ready"
+        self.ready_since = self.clock.seconds()
         self.verified = True
         self._bad_sessions = 0
         self._log.info("upstream {path} authenticated ({key})", path=self.endpoint.path,
@@ -389,8 +397,10 @@ class UpstreamSession(BaseUpstreamSession):
                 self._control(element.message)
             else:
                 data.append(element)
+        self.bytes_in += len(payload)
         if data and self.state == "ready":
-            self._last_data = self.clock.seconds()
+            self._last_data = now = self.clock.seconds()
+            self.incoming.add(len(data), now)
             self.publish(data)
 
     # -- handshake -----------------------------------------------------------
@@ -466,6 +476,9 @@ class UpstreamSession(BaseUpstreamSession):
                 prepared = clients[0].prepare(payload, encoding.binary)
                 for client in clients:
                     client.send_prepared(prepared)
+            for client in clients:
+                client.messages_sent += len(subset)
+            self.messages_out += len(subset) * len(clients)
 
     def _joined(self, client: Any, keys: set[tuple[str, str]]) -> None:
         """A client joined books upstream already streams: send it each whole book."""

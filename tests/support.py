@@ -21,6 +21,7 @@ from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
+from alpaca_proxy.stats import ProxyStats
 from alpaca_proxy.timers import use_clock
 from alpaca_proxy.trading import TradingProtocol
 from alpaca_proxy.upstream import load_ca_bundle
@@ -152,11 +153,10 @@ class Harness:
                                  linger=self._linger, clock=self.clock, trust_root=trust_root,
                                  **({"health": self._health} if self._health else {}))
         self.pool.startService()
-        clients: set = set()
-        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex",
-                                         limits=self._limits, clients=clients)
+        shared = dict(limits=self._limits, clients=set(), stats=ProxyStats())
+        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex", **shared)
         self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol,
-                                                 limits=self._limits, clients=clients)
+                                                 **shared)
         self.site = StreamSite(self.factory, self.trading_factory)
         listen = "tcp:0:interface=127.0.0.1"
         if self._tls:

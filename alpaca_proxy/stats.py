@@ -1,0 +1,48 @@
+"""Counters for the status page, /metrics and /healthz.  Pure: time is passed in."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+from attrs import define, field
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds, in one-second buckets."""
+
+    def __init__(self, window: int = 600) -> None:
+        self._window = window
+        self._buckets: deque[list[float]] = deque()  # [second, count]
+        self.total = 0
+
+    def add(self, count: int, now: float) -> None:
+        self.total += count
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+            while self._buckets and self._buckets[0][0] <= second - self._window:
+                self._buckets.popleft()
+
+    def series(self, now: float, seconds: int = 300) -> list[float]:
+        """Counts for each of the last ``seconds`` whole seconds, oldest first."""
+        end = int(now)
+        counts = {second: count for second, count in self._buckets}
+        return [counts.get(second, 0) for second in range(end - seconds, end)]
+
+    def rate(self, now: float, over: int = 10) -> float:
+        """Average per second over the last ``over`` whole seconds."""
+        return sum(self.series(now, over)) / over
+
+
+@define
+class ProxyStats:
+    """What the whole proxy counts, beyond what sessions and clients hold."""
+
+    #: Errors sent to clients, by code.
+    errors: Counter = field(factory=Counter)
+    #: Clients cut off for not reading (407).
+    slow_clients: int = 0
+    #: Handshakes refused (unknown path, origin, client limit), by HTTP status.
+    refused: Counter = field(factory=Counter)
