@@ -142,7 +142,13 @@ def client_slot(port: int, totals: Totals, until: float):
                 client.change()
         if client.state == client.STATE_OPEN:
             client.sendClose()
-        yield factory.done
+        else:  # never got past the handshake: nothing to close politely
+            client.dropConnection(abort=True)
+        try:
+            yield factory.done.addTimeout(10, reactor)
+        except defer.TimeoutError:
+            totals.errors += 1
+            client.dropConnection(abort=True)
         yield deferLater(reactor, random.uniform(1, 5), lambda: None)
 
 
