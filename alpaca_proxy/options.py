@@ -31,6 +31,7 @@ ENVIRONMENT = {
     "credentials-file": "ALPACA_PROXY_CREDENTIALS_FILE",
     "ca-bundle": "ALPACA_PROXY_CA_BUNDLE",
     "allow-origin": "ALPACA_PROXY_ALLOW_ORIGIN",
+    "health-grace": "ALPACA_PROXY_HEALTH_GRACE",
     "client-buffer": "ALPACA_PROXY_CLIENT_BUFFER",
     "max-clients": "ALPACA_PROXY_MAX_CLIENTS",
     "max-symbols": "ALPACA_PROXY_MAX_SYMBOLS",
@@ -91,6 +92,9 @@ class Options(usage.Options):
         ["max-rate", None, 50.0,
          "Messages a second a client may send (bursts of twice that); past it the client is"
          " closed [env ALPACA_PROXY_MAX_RATE].", float],
+        ["health-grace", None, 60.0,
+         "Seconds an endpoint with clients may be without upstream before /healthz says 503"
+         " [env ALPACA_PROXY_HEALTH_GRACE].", float],
         ["allow-origin", None, "",
          "Comma-separated web origins whose pages may open websockets (e.g."
          " http://localhost:3000, or *); others are refused with 403, clients that send no"
@@ -136,7 +140,8 @@ class Options(usage.Options):
                               ("client-buffer", 65536), ("ping-interval", 1.0),
                               ("ping-timeout", 1.0), ("silence-timeout", 0.0),
                               ("max-clients", 0), ("max-symbols", 0),
-                              ("max-request-symbols", 0), ("max-rate", 0.0)):
+                              ("max-request-symbols", 0), ("max-rate", 0.0),
+                              ("health-grace", 0.0)):
             self[name] = _number(name, self[name], minimum)
         for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols"):
             self[name] = int(self[name])

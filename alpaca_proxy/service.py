@@ -72,7 +72,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                     stats=ProxyStats())
     data = DownstreamFactory(pool, reactor, **settings)
     trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
-    site = StreamSite(data, trading)
+    site = StreamSite(data, trading, health_grace=options["health-grace"])
     listener = ListenerService(serverFromString(reactor, options["listen"]), site)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup
     listener.setName("listener")

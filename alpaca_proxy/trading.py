@@ -109,6 +109,7 @@ class TradingSession(BaseUpstreamSession):
             client.send_prepared(prepared[encoding])
             client.messages_sent += 1
             self.messages_out += 1
+            self.bytes_out += len(prepared[encoding].payload)
 
 
 def _is_msgpack(payload: bytes) -> bool:

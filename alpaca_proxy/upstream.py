@@ -174,7 +174,10 @@ class BaseUpstreamSession:
         self.incoming = RateMeter()
         self.bytes_in = 0
         self.messages_out = 0
+        self.bytes_out = 0
         self.ready_since: float | None = None
+        #: When this session last stopped being ready (or was created).
+        self.down_since: float = clock.seconds()
 
     def __repr__(self) -> str:
         return "<%s %s key=%s %s>" % (type(self).__name__, self.endpoint.path,
@@ -249,6 +252,8 @@ class BaseUpstreamSession:
         was_ready = self.state == "ready"
         self._protocol = None
         self.ready_since = None
+        if was_ready:
+            self.down_since = self.clock.seconds()
         if self.state != "refused":
             self.state = "connecting"
         if was_ready:
@@ -476,6 +481,7 @@ class UpstreamSession(BaseUpstreamSession):
                 prepared = clients[0].prepare(payload, encoding.binary)
                 for client in clients:
                     client.send_prepared(prepared)
+                self.bytes_out += len(payload) * len(clients)
             for client in clients:
                 client.messages_sent += len(subset)
             self.messages_out += len(subset) * len(clients)

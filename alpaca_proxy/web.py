@@ -2,20 +2,29 @@
 
 A websocket upgrade on a market-data path goes to the data factory, on
 ``/stream`` to the trading factory; an unknown path is refused with HTTP 404
-before any handshake.  A plain HTTP request on a stream path gets 426 (Upgrade
-Required).
+before any handshake.  Plain HTTP: ``/`` is the status page (for a browser),
+``/status.json`` what it shows, ``/metrics`` for Prometheus, ``/healthz`` 200 or
+503; any other stream path gets 426 (Upgrade Required).
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from alpaca_proxy import paths
+from alpaca_proxy.codec import to_json
+from alpaca_proxy.metrics import registry_for
+from alpaca_proxy.status import DEFAULT_HEALTH_GRACE, healthy, snapshot
 from alpaca_proxy.trading import is_trading_path
+
+
+_PAGE = resources.files("alpaca_proxy").joinpath("status.html").read_bytes()
 
 
 class StreamsResource(Resource):
@@ -23,14 +32,26 @@ class StreamsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, data_factory: Any, trading_factory: Any) -> None:
+    def __init__(self, data_factory: Any, trading_factory: Any,
+                 health_grace: float = DEFAULT_HEALTH_GRACE) -> None:
         super().__init__()
         self._data = WebSocketResource(data_factory)
         self._trading = WebSocketResource(trading_factory)
         self._default_feed = data_factory.default_feed
+        self._pool = data_factory.pool
+        self._clock = data_factory.clock
+        self._clients = data_factory.clients
+        self._stats = data_factory.stats
+        self._health_grace = health_grace
+        self._metrics = MetricsResource(registry_for(self._pool, self._clients, self._stats))
 
     def render(self, request: Any) -> bytes:
         path = request.path.decode("latin-1")
+        upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        if not upgrade:
+            page = self._page(path, request)
+            if page is not None:
+                return page
         if is_trading_path(path):
             resource = self._trading
         elif paths.resolve(path, self._default_feed) is not None:
@@ -39,8 +60,7 @@ class StreamsResource(Resource):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"no such stream\n"
-        upgrade = (request.getHeader(b"upgrade") or b"").lower()
-        if upgrade != b"websocket":
+        if not upgrade:
             request.setResponseCode(426)
             request.setHeader(b"upgrade", b"websocket")
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -48,11 +68,33 @@ class StreamsResource(Resource):
         return resource.render(request)
 
 
+    def _page(self, path: str, request: Any) -> bytes | None:
+        """The plain-HTTP pages, or None for a path that is not one."""
+        if path == "/":
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return _PAGE
+        if path == "/status.json":
+            now = self._clock.seconds()
+            body = snapshot(self._pool, self._clients, self._stats, now)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return to_json(body)
+        if path == "/healthz":
+            ok = healthy(self._pool.sessions, self._clock.seconds(), self._health_grace)
+            request.setResponseCode(200 if ok else 503)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"ok\n" if ok else b"upstream down\n"
+        if path == "/metrics":
+            return self._metrics.render(request)
+        return None
+
+
 class StreamSite(Site):
     """The site, knowing its websocket factories so it can close their clients."""
 
-    def __init__(self, data_factory: Any, trading_factory: Any) -> None:
-        super().__init__(StreamsResource(data_factory, trading_factory))
+    def __init__(self, data_factory: Any, trading_factory: Any,
+                 health_grace: float = DEFAULT_HEALTH_GRACE) -> None:
+        super().__init__(StreamsResource(data_factory, trading_factory, health_grace))
         self.factories = (data_factory, trading_factory)
 
     def close_all(self, code: int, reason: str) -> None:

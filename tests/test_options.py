@@ -27,6 +27,7 @@ DEFAULTS = {
     "credentials-file": None,
     "ca-bundle": None,
     "allow-origin": "",
+    "health-grace": 60.0,
     "origins": frozenset(),
     "trust-root": None,
     "client-buffer": 8 << 20,

@@ -1,0 +1,81 @@
+"""/metrics for Prometheus: a collector that reads the live objects at scrape time.
+
+Nothing is counted twice: sessions, clients and ``ProxyStats`` keep the numbers,
+this only names them.  The registry is the proxy's own, not prometheus_client's
+global one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+_SESSION = ["endpoint", "account"]
+
+
+class ProxyCollector(Collector):
+    def __init__(self, pool: Any, clients: Any, stats: Any) -> None:
+        self._pool = pool
+        self._clients = clients
+        self._stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("alpaca_proxy_upstream_up",
+                               "1 while the upstream connection is authenticated", labels=_SESSION)
+        reconnects = CounterMetricFamily("alpaca_proxy_upstream_reconnects",
+                                         "Authenticated upstream connections lost", labels=_SESSION)
+        messages_in = CounterMetricFamily("alpaca_proxy_upstream_messages",
+                                          "Data messages received from upstream", labels=_SESSION)
+        bytes_in = CounterMetricFamily("alpaca_proxy_upstream_received_bytes",
+                                       "Bytes received from upstream", labels=_SESSION)
+        messages_out = CounterMetricFamily("alpaca_proxy_client_messages",
+                                           "Data messages sent to clients", labels=_SESSION)
+        bytes_out = CounterMetricFamily("alpaca_proxy_client_sent_bytes",
+                                        "Data bytes sent to clients", labels=_SESSION)
+        subscriptions = GaugeMetricFamily("alpaca_proxy_upstream_subscriptions",
+                                          "Channel/symbol pairs subscribed upstream",
+                                          labels=_SESSION)
+        for session in self._pool.sessions:
+            labels = [session.endpoint.path, session.credentials.key]
+            up.add_metric(labels, 1 if session.state == "ready" else 0)
+            reconnects.add_metric(labels, session.reconnects)
+            messages_in.add_metric(labels, session.incoming.total)
+            bytes_in.add_metric(labels, session.bytes_in)
+            messages_out.add_metric(labels, session.messages_out)
+            bytes_out.add_metric(labels, session.bytes_out)
+            wanted = session.router.wanted if hasattr(session, "router") else ()
+            subscriptions.add_metric(labels, len(wanted))
+        yield from (up, reconnects, messages_in, bytes_in, messages_out, bytes_out,
+                    subscriptions)
+
+        clients = GaugeMetricFamily("alpaca_proxy_clients", "Connected local clients",
+                                    labels=["endpoint"])
+        by_endpoint: dict[str, int] = {}
+        for client in list(self._clients):
+            path = client.endpoint.path if client.endpoint else "?"
+            by_endpoint[path] = by_endpoint.get(path, 0) + 1
+        for path, count in sorted(by_endpoint.items()):
+            clients.add_metric([path], count)
+        yield clients
+
+        yield CounterMetricFamily("alpaca_proxy_slow_client_drops",
+                                  "Clients closed for not reading (407)",
+                                  value=self._stats.slow_clients)
+        errors = CounterMetricFamily("alpaca_proxy_client_errors",
+                                     "Error messages sent to clients", labels=["code"])
+        for code, count in sorted(self._stats.errors.items()):
+            errors.add_metric([str(code)], count)
+        yield errors
+        refused = CounterMetricFamily("alpaca_proxy_refused_handshakes",
+                                      "Websocket upgrades refused", labels=["status"])
+        for status, count in sorted(self._stats.refused.items()):
+            refused.add_metric([str(status)], count)
+        yield refused
+
+
+def registry_for(pool: Any, clients: Any, stats: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(pool, clients, stats))
+    return registry

@@ -1,0 +1,79 @@
+"""What the status page, /status.json and /healthz say: a snapshot of the proxy.
+
+Key ids appear, secrets never: nothing here reads ``Credentials.secret``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from alpaca_proxy import __version__
+
+#: An endpoint with clients but no upstream for longer than this is unhealthy.
+DEFAULT_HEALTH_GRACE = 60.0
+
+
+def _session(session: Any, now: float) -> dict[str, Any]:
+    wanted = session.router.wanted if hasattr(session, "router") else set()
+    return {
+        "endpoint": session.endpoint.path,
+        "kind": session.endpoint.kind,
+        "account": session.credentials.key,
+        "state": session.state,
+        "connected_since": session.ready_since,
+        "reconnects": session.reconnects,
+        "clients": len(session.clients),
+        "subscriptions": len(wanted),
+        "messages_in": session.incoming.total,
+        "messages_per_second": round(session.incoming.rate(now), 1),
+        "bytes_in": session.bytes_in,
+        "messages_out": session.messages_out,
+    }
+
+
+def _client(client: Any, now: float) -> dict[str, Any]:
+    session = client.session
+    subscriptions = 0
+    if session is not None and hasattr(session, "router") and client in session.router:
+        subscriptions = sum(len(symbols) for symbols in session.router.state(client).values())
+    elif session is not None and hasattr(session, "listeners"):
+        subscriptions = len(session.listeners.get(client, ()))
+    return {
+        "peer": client.peer_name,
+        "path": client.endpoint.path if client.endpoint else None,
+        "encoding": client.encoding.name,
+        "account": session.credentials.key if session is not None else None,
+        "authenticated": session is not None,
+        "subscriptions": subscriptions,
+        "messages_sent": client.messages_sent,
+        "buffered_bytes": client.buffered,
+        "connected_for": round(now - client.connected_at, 1),
+    }
+
+
+def snapshot(pool: Any, clients: Iterable[Any], stats: Any, now: float,
+             series_seconds: int = 300) -> dict[str, Any]:
+    """The whole picture, as plain data (JSON-ready)."""
+    sessions = pool.sessions
+    series = [0.0] * series_seconds
+    for session in sessions:
+        for i, count in enumerate(session.incoming.series(now, series_seconds)):
+            series[i] += count
+    return {
+        "version": __version__,
+        "now": now,
+        "healthy": healthy(sessions, now),
+        "upstreams": [_session(s, now) for s in sessions],
+        "clients": sorted((_client(c, now) for c in clients),
+                          key=lambda c: (c["path"] or "", c["peer"] or "")),
+        "messages_per_second": series,
+        "errors": {str(code): count for code, count in sorted(stats.errors.items())},
+        "slow_clients": stats.slow_clients,
+    }
+
+
+def healthy(sessions: Iterable[Any], now: float, grace: float = DEFAULT_HEALTH_GRACE) -> bool:
+    """False when an endpoint with clients has had no upstream for longer than ``grace``."""
+    return not any(
+        session.clients and session.state != "ready" and now - session.down_since > grace
+        for session in sessions)
