@@ -1,5 +1,6 @@
 """Options, the twistd plugin and the service tree."""
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,39 @@ class SimulatedServiceTests(TestCase):
         self.assertEqual((yield client.closed), 1001)
         [upstream] = simulator.closed
         self.assertEqual((upstream.clean, upstream.close_code), (True, 1000))
+
+
+class JsonLogTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_twistd_json_lines(self):
+        """twistd --logger=alpaca_proxy.logs.json_lines writes one JSON object per line."""
+        from twisted.internet import protocol, reactor
+
+        class Collect(protocol.ProcessProtocol):
+            def __init__(self):
+                self.out = b""
+                self.ended = defer.Deferred()
+                self.started = defer.Deferred()
+
+            def outReceived(self, data):
+                self.out += data
+                if b"SIMULATED MARKET" in self.out and not self.started.called:
+                    self.started.callback(None)
+
+            def processEnded(self, reason):
+                self.ended.callback(None)
+
+        collect = Collect()
+        process = reactor.spawnProcess(collect, sys.executable, [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
+            "--simulate", "--listen", "tcp:0:interface=127.0.0.1"], env=dict(os.environ))
+        yield collect.started
+        process.signalProcess("TERM")
+        yield collect.ended
+        lines = collect.out.decode().splitlines()
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(any("SIMULATED MARKET" in e.get("log_format", "") for e in events))
+        self.assertTrue(all("log_time" in e for e in events))
