@@ -19,6 +19,17 @@ class BackoffTests(SynchronousTestCase):
                 self.assertTrue(ceiling / 2 <= delay <= ceiling, (attempt, delay))
 
 
+@defer.inlineCallbacks
+def subscribed(testcase, **harness_options):
+    """On ``testcase``: a proxy, its fake upstream, and one client subscribed to AAPL trades."""
+    testcase.harness = yield Harness(testcase, **harness_options).start()
+    testcase.upstream = testcase.harness.upstream
+    testcase.client = yield testcase.harness.login()
+    testcase.client.send({"action": "subscribe", "trades": ["AAPL"]})
+    yield testcase.client.next()
+    testcase.session = testcase.harness.pool.sessions[0]
+
+
 def retry_delays(clock):
     return sorted(call.getTime() - clock.seconds() for call in clock.getDelayedCalls())
 
@@ -26,14 +37,8 @@ def retry_delays(clock):
 class ReconnectTests(TestCase):
     timeout = 30
 
-    @defer.inlineCallbacks
     def setUp(self):
-        self.harness = yield Harness(self).start()
-        self.upstream = self.harness.upstream
-        self.client = yield self.harness.login()
-        self.client.send({"action": "subscribe", "trades": ["AAPL"]})
-        yield self.client.next()
-        self.session = self.harness.pool.sessions[0]
+        return subscribed(self)
 
     @defer.inlineCallbacks
     def drop(self):
@@ -123,16 +128,10 @@ class FatalAuthTests(TestCase):
 class HealthTests(TestCase):
     timeout = 30
 
-    @defer.inlineCallbacks
     def start(self, **health):
         from alpaca_proxy.upstream import Health
 
-        self.harness = yield Harness(self, health=Health(**health)).start()
-        self.upstream = self.harness.upstream
-        self.client = yield self.harness.login()
-        self.client.send({"action": "subscribe", "trades": ["AAPL"]})
-        yield self.client.next()
-        self.session = self.harness.pool.sessions[0]
+        return subscribed(self, health=Health(**health))
 
     @defer.inlineCallbacks
     def replayed(self):
