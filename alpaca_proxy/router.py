@@ -190,6 +190,25 @@ class Router:
             if book.pending is not None:
                 self._confirm(client, book, book.pending.state)
 
+    def settle_waiting(self) -> list[Any]:
+        """Answer every waiting request from local state (upstream is too slow to wait for).
+
+        Upstream's replies still arrive in order and are matched as usual; an
+        error for a settled request can no longer reach its client (its keys are
+        then simply not asked for again).  Returns the clients answered.
+        """
+        settled = []
+        for client, book in list(self._books.items()):
+            if book.pending is not None:
+                settled.append(client)
+                self._confirm(client, book, book.pending.state, book.pending.held)
+        return settled
+
+    @property
+    def waiting(self) -> bool:
+        """Some client waits for upstream to answer its request."""
+        return any(book.pending is not None for book in self._books.values())
+
     def upstream_acked(self, keys: set[Key]) -> None:
         """Upstream's ``subscription`` ack: its whole state, answering our oldest request."""
         self._have = set(keys)

@@ -148,6 +148,8 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
         if action in ("subscribe", "unsubscribe"):
             if self.key is None:
                 return self.error(401)
+            if self.factory.ignore_requests:
+                return None
             return self._change(action, message)
         return self.error(400)
 
@@ -254,6 +256,8 @@ class FakeAlpacaFactory(WebSocketServerFactory):
         self.handshakes = 0
         #: An error code to answer every auth with (e.g. 409), or 0.
         self.auth_error = 0
+        #: Don't answer (un)subscribe requests at all (a stalled upstream).
+        self.ignore_requests = False
         #: (key, path) slots still held by a dead connection: auth there gets 406.
         self.stale_slots: set[tuple[str, str]] = set()
         self.connections: list[FakeAlpacaProtocol] = []

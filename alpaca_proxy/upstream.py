@@ -35,6 +35,9 @@ from alpaca_proxy.router import Router
 from alpaca_proxy.stats import RateMeter
 from alpaca_proxy.timers import use_clock
 
+#: Seconds a client's request waits for upstream's ack before it is answered from
+#: local state (the Go SDK waits 3 s for an ack, then gives up on the connection).
+ACK_DEADLINE = 2.5
 #: Upstream errors that answer one of our (un)subscribe requests.
 REQUEST_ERRORS = frozenset({400, 405, 410, 412, 413})
 #: Upstream errors at auth that no retry will mend: tell clients, stop dialling.
@@ -338,6 +341,7 @@ class UpstreamSession(BaseUpstreamSession):
         self._auth_retry: Any = None
         self._last_data = 0.0
         self._silence_check: Any = None
+        self._ack_deadline: Any = None
 
     def encode(self, message: dict) -> tuple[bytes, bool]:
         return codec.to_msgpack(message), True
@@ -360,10 +364,10 @@ class UpstreamSession(BaseUpstreamSession):
         self._auth_attempts = 0
 
     def disconnected(self, protocol: UpstreamProtocol, clean: bool, code: Any, reason: Any) -> None:
-        for call in (self._auth_retry, self._silence_check):
+        for call in (self._auth_retry, self._silence_check, self._ack_deadline):
             if call is not None and call.active():
                 call.cancel()
-        self._auth_retry = self._silence_check = None
+        self._auth_retry = self._silence_check = self._ack_deadline = None
         super().disconnected(protocol, clean, code, reason)
 
     def _watch_silence(self) -> None:
@@ -462,6 +466,18 @@ class UpstreamSession(BaseUpstreamSession):
 
     def send_change(self, action: str, keys: list[tuple[str, str]]) -> None:
         self._send(self.dialect.request(action, keys))
+        if self._ack_deadline is None or not self._ack_deadline.active():
+            self._ack_deadline = self.clock.callLater(ACK_DEADLINE, self._settle_waiting)
+
+    def _settle_waiting(self) -> None:
+        """Clients must not wait on a slow upstream for their ack (Go gives up after 3 s)."""
+        self._ack_deadline = None
+        if not self.router.waiting:
+            return
+        settled = self.router.settle_waiting()
+        self._log.warn("upstream {path} did not acknowledge within {deadline}s: answered"
+                       " {count} waiting request(s) from local state", path=self.endpoint.path,
+                       deadline=ACK_DEADLINE, count=len(settled))
 
     # -- data ------------------------------------------------------------------
 

@@ -233,3 +233,20 @@ class RouterTests(SynchronousTestCase):
             keys_of({"trades": {"A": None}, "bars": {"*": None}}),
             {("trades", "A"), ("bars", "*")},
         )
+
+
+class SettleTests(SynchronousTestCase):
+    def test_settle_waiting_answers_from_local_state_and_keeps_order(self):
+        """Settled requests are acked now; upstream's later ack still matches in order."""
+        router, link = Router(), FakeLink()
+        a = FakeClient("a")
+        router.attach(a)
+        router.upstream_ready(link)
+        router.request(a, sub(trades=["AAPL"]))
+        self.assertTrue(router.waiting)
+        self.assertEqual(router.settle_waiting(), [a])
+        self.assertEqual(a.acks, [{"trades": ["AAPL"]}])
+        self.assertFalse(router.waiting)
+        self.assertEqual(router.recipients("trades", ["AAPL"]), {a})
+        router.upstream_acked({("trades", "AAPL")})
+        self.assertEqual(len(a.acks), 1)

@@ -285,3 +285,20 @@ class CleanUpstreamCloseTests(TestCase):
             c.subscriptions["quotes"] == ["MSFT"] for c in harness.upstream.authenticated()))
         harness.upstream.inject([{"T": "q", "S": "MSFT", "bp": 1.0}])
         self.assertEqual((yield client.next())[0]["S"], "MSFT")
+
+
+class SlowAckTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_client_answered_within_go_budget_when_upstream_stalls(self):
+        """Upstream connected but silent on a subscribe: the client is acked after 2.5 s."""
+        harness = yield Harness(self).start()
+        client = yield harness.login()
+        harness.upstream.ignore_requests = True
+        client.send({"action": "subscribe", "trades": ["AAPL"]})
+        yield harness.upstream.when(lambda: harness.upstream_messages("subscribe"))
+        yield turn()
+        self.assertEqual(list(client.frames), [])
+        harness.clock.advance(2.5)
+        self.assertEqual((yield client.next())[0]["trades"], ["AAPL"])
