@@ -119,7 +119,8 @@ class Harness:
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
                  symbol_limit: int | None = None, accounts: dict | None = None,
                  tls: bool = False, health=None, limits=None,
-                 upstream_tls: str | None = None, trust_upstream: bool = True):
+                 upstream_tls: str | None = None, trust_upstream: bool = True,
+                 upstream_url: str | None = None):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -136,6 +137,8 @@ class Harness:
         #: and the proxy dials wss://{upstream_tls}, trusting that CA if asked to.
         self._upstream_tls = upstream_tls
         self._trust_upstream = trust_upstream
+        #: Dial this instead of the harness's own fake upstream (e.g. another proxy).
+        self._upstream_url = upstream_url
         self.clients: list[RecordingClient] = []
 
     @defer.inlineCallbacks
@@ -146,9 +149,9 @@ class Harness:
             if self._trust_upstream:
                 trust_root = load_ca_bundle(self.ca_path)
         self.upstream_port = yield serverFromString(reactor, upstream_listen).listen(self.upstream)
-        url = "%s://%s:%d" % ("wss" if self._upstream_tls else "ws",
-                              self._upstream_tls or "127.0.0.1",
-                              self.upstream_port.getHost().port)
+        url = self._upstream_url or "%s://%s:%d" % (
+            "wss" if self._upstream_tls else "ws", self._upstream_tls or "127.0.0.1",
+            self.upstream_port.getHost().port)
         self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
                                  linger=self._linger, clock=self.clock, trust_root=trust_root,
                                  **({"health": self._health} if self._health else {}))

@@ -436,3 +436,29 @@ class AccountsTests(TestCase):
         accounts = {KEY: SECRET, "PKOTHER": "other-secret"}
         return Harness(self, accounts=accounts, configured=False).start().addCallback(
             self.check_accounts_are_separate)
+
+
+class ChainTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_a_proxy_can_be_another_proxys_upstream(self):
+        """B's upstream is A: clients on both get their data; one connection at the root."""
+        root = yield Harness(self).start()
+        leaf = yield Harness(self, upstream_url="ws://127.0.0.1:%d" % (root.port,)).start()
+        on_root = yield root.login()
+        on_leaf = yield leaf.login(msgpack_encoding=True)
+        on_root.send({"action": "subscribe", "trades": ["MSFT"]})
+        self.assertEqual((yield on_root.next()), ack(trades=["MSFT"]))
+        on_leaf.send({"action": "subscribe", "trades": ["AAPL"], "bars": ["*"]})
+        self.assertEqual((yield on_leaf.next()), ack(trades=["AAPL"], bars=["*"]))
+        element = trade("AAPL")
+        root.upstream.inject([element, trade("MSFT"), trade("IBM")])
+        self.assertEqual([m["S"] for m in (yield on_root.next())], ["MSFT"])
+        yield on_leaf.next()
+        # Two hops, still the upstream's own bytes for MessagePack clients.
+        self.assertEqual(on_leaf.raw[-1], b"\x91" + msgpack.packb(element, datetime=False))
+        self.assertEqual(len(root.upstream.authenticated()), 1)
+        self.assertEqual(root.upstream.handshakes, 1)
+        [root_session] = root.upstream.authenticated()
+        self.assertEqual(sorted(root_session.subscriptions["trades"]), ["AAPL", "MSFT"])
