@@ -302,3 +302,25 @@ class SlowAckTests(TestCase):
         self.assertEqual(list(client.frames), [])
         harness.clock.advance(2.5)
         self.assertEqual((yield client.next())[0]["trades"], ["AAPL"])
+
+
+class UnresolvableUpstreamTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_dns_failure_is_reported_and_retried(self):
+        """An upstream name that does not resolve: logged as unreachable, retried with backoff."""
+        harness = yield Harness(self, upstream_url="ws://upstream.invalid:443").start()
+        failure = logged(self, lambda e: "unreachable" in e.get("log_format", ""))
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "s3cr3t-Fh9vQ2"})
+        event = yield failure
+        self.assertIn("upstream.invalid", event["reason"])
+        before = set(harness.clock.getDelayedCalls())
+        yield turn()
+        [retry] = [call for call in harness.clock.getDelayedCalls() if call not in before]
+        self.assertTrue(0.5 <= retry.getTime() - harness.clock.seconds() <= 1.0)
+        again = logged(self, lambda e: "unreachable" in e.get("log_format", ""))
+        harness.clock.advance(1.0)
+        yield again
