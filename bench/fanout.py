@@ -1,0 +1,366 @@
+"""Fan-out benchmark: clients straight to a load generator ("direct") vs through the proxy.
+
+Run by hand (not in CI), from the repository root with the proxy installed:
+
+    python bench/fanout.py --rate 2000 --batch 10 --clients 10
+    python bench/fanout.py --rate 100000 --batch 20 --clients 10 --duration 10
+    python bench/fanout.py --clients 500 --layout identical --rate 2000
+    python bench/fanout.py --encodings mixed
+    python bench/fanout.py --search --batch 20 --clients 10
+
+Three roles, each its own process:
+
+- ``generator``: an Alpaca-shaped websocket upstream emitting MessagePack trades and
+  quotes at ``--rate`` messages/s in batches of ``--batch``, over symbol groups
+  (one group per client with ``--layout disjoint``, one shared group with
+  ``identical``); every message carries its emit time in ``et`` (nanoseconds), a
+  field clients may ignore.
+- ``clients``: raw websocket readers (a few processes, many connections each) that
+  subscribe to their group and record emit-to-receipt latency, counts and losses.
+- the driver (default): runs each mode, measures the proxy's CPU and peak RSS, and
+  prints delivered msgs/s, p50/p99/max latency, loss, and the proxy/direct ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def symbol(group: int, index: int) -> str:
+    return "G%dS%d" % (group, index)
+
+
+# -- generator ----------------------------------------------------------------------
+
+
+def generator(args) -> None:
+    import msgpack
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    groups = args.groups
+    group_of = {symbol(g, i): g for g in range(groups) for i in range(args.symbols)}
+    subscribers: list[set] = [set() for _ in range(groups)]
+    emitted = [0] * groups
+
+    class Upstream(WebSocketServerProtocol):
+        def onOpen(self):
+            self.groups = set()
+            self.sendMessage(msgpack.packb([{"T": "success", "msg": "connected"}]), True)
+
+        def onMessage(self, payload, isBinary):
+            message = (json.loads(payload) if payload[:1] == b"{"
+                       else msgpack.unpackb(payload))
+            if message.get("action") == "auth":
+                self.sendMessage(msgpack.packb([{"T": "success", "msg": "authenticated"}]), True)
+            elif message.get("action") == "subscribe":
+                for channel in ("trades", "quotes"):
+                    for name in message.get(channel) or ():
+                        if name in group_of:
+                            subscribers[group_of[name]].add(self)
+                            self.groups.add(group_of[name])
+                ack = {"T": "subscription"}
+                names = [symbol(g, i) for g in sorted(self.groups) for i in range(args.symbols)]
+                for channel in ("trades", "quotes", "bars", "updatedBars", "dailyBars",
+                                "statuses", "lulds", "corrections", "cancelErrors"):
+                    ack[channel] = names if channel in ("trades", "quotes") else []
+                self.sendMessage(msgpack.packb([ack]), True)
+
+        def onClose(self, wasClean, code, reason):
+            for group in getattr(self, "groups", ()):
+                subscribers[group].discard(self)
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Upstream
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    print(port.getHost().port, flush=True)
+
+    state = {"sent": 0, "group": 0, "seq": 0}
+    stamp = msgpack.Timestamp(1714658587, 120450000)
+
+    def tick():
+        now = time.time()
+        if now < args.start:
+            return
+        if now >= args.stop:
+            loop.stop()
+            print(json.dumps({"emitted": emitted}), flush=True)
+            reactor.callLater(1, reactor.stop)
+            return
+        due = int((now - args.start) * args.rate) - state["sent"]
+        while due >= args.batch:
+            group = state["group"]
+            state["group"] = (group + 1) % groups
+            et = time.time_ns()
+            batch = []
+            for k in range(args.batch):
+                state["seq"] += 1
+                name = symbol(group, state["seq"] % args.symbols)
+                if k % 2:
+                    batch.append({"T": "q", "S": name, "bx": "V", "bp": 117.21, "bs": 3,
+                                  "ax": "V", "ap": 117.24, "as": 2, "c": ["R"], "z": "C",
+                                  "t": stamp, "et": et})
+                else:
+                    batch.append({"T": "t", "S": name, "i": state["seq"], "x": "V",
+                                  "p": 117.22, "s": 100, "c": ["@"], "z": "C", "t": stamp,
+                                  "et": et})
+            payload = msgpack.packb(batch, datetime=False)
+            emitted[group] += args.batch
+            prepared = None
+            for connection in subscribers[group]:
+                if prepared is None:
+                    prepared = factory.prepareMessage(payload, True)
+                connection.sendPreparedMessage(prepared)
+            state["sent"] += args.batch
+            due -= args.batch
+
+    loop = LoopingCall(tick)
+    loop.start(0.002)
+    reactor.run()
+
+
+# -- clients ------------------------------------------------------------------------
+
+
+def clients(args) -> None:
+    import msgpack
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet import reactor
+
+    results: list[dict] = []
+    connected: list = []
+    ready: list = []
+
+    class Reader(WebSocketClientProtocol):
+        def onOpen(self):
+            self.latencies: list[int] = []
+            self.count = 0
+            connected.append(self)
+            self.sendMessage(json.dumps({"action": "auth", "key": "PKBENCH",
+                                         "secret": "bench"}).encode(), False)
+
+        def onMessage(self, payload, isBinary):
+            now = time.time_ns()
+            messages = msgpack.unpackb(payload) if isBinary else json.loads(payload)
+            for message in messages:
+                kind = message.get("T")
+                if kind in ("t", "q"):
+                    if args.start_ns <= message["et"] < args.stop_ns:
+                        self.count += 1
+                        self.latencies.append(now - message["et"])
+                elif kind == "success" and message.get("msg") == "authenticated":
+                    names = [symbol(self.factory.group, i) for i in range(args.symbols)]
+                    self.sendMessage(json.dumps({"action": "subscribe", "trades": names,
+                                                 "quotes": names}).encode(), False)
+                elif kind == "subscription":
+                    ready.append(self)
+                    if len(ready) == len(args.client_groups):
+                        print("ready", flush=True)
+
+        def onClose(self, wasClean, code, reason):
+            if hasattr(self, "latencies"):
+                lat = sorted(self.latencies)
+                results.append({
+                    "group": self.factory.group, "count": self.count,
+                    "p50": lat[len(lat) // 2] if lat else None,
+                    "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+                    "max": lat[-1] if lat else None})
+            if len(results) == len(connected):
+                print(json.dumps(results), flush=True)
+                reactor.callLater(0, reactor.stop)
+
+    for group, encoding in zip(args.client_groups, args.client_encodings):
+        headers = {"Content-Type": "application/msgpack"} if encoding == "msgpack" else {}
+        factory = WebSocketClientFactory("ws://127.0.0.1:%d%s" % (args.port, args.path),
+                                         headers=headers)
+        factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+        factory.protocol = Reader
+        factory.group = group
+        reactor.connectTCP("127.0.0.1", args.port, factory)
+
+    def close_all():
+        for protocol in connected:
+            protocol.sendClose()
+
+    reactor.callLater(max(0.0, args.stop_ns / 1e9 - time.time()) + 2.0, close_all)
+    reactor.run()
+
+
+# -- driver -------------------------------------------------------------------------
+
+
+def spawn(role: str, *arguments: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), role, *arguments],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_mode(opts, mode: str) -> dict:
+    """One measurement: generator, optionally the proxy, and the client processes."""
+    setup = 4.0 + opts.clients / 100
+    start = time.time() + setup
+    stop = start + opts.duration
+    groups = opts.clients if opts.layout == "disjoint" else 1
+    gen = spawn("generator", "--rate", str(opts.rate), "--batch", str(opts.batch),
+                "--groups", str(groups), "--symbols", str(opts.symbols),
+                "--start", repr(start), "--stop", repr(stop))
+    gen_port = int(gen.stdout.readline())
+    proxy = None
+    port, path = gen_port, "/v2/iex"
+    if mode == "proxy":
+        port = free_port()
+        proxy = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "alpaca-proxy", "--listen", "tcp:%d:interface=127.0.0.1" % port,
+             "--data-url", "ws://127.0.0.1:%d" % gen_port, "--max-symbols", "1000000",
+             "--max-request-symbols", "1000000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
+        time.sleep(1.5)
+    encodings = []
+    for n in range(opts.clients):
+        if opts.encodings == "mixed":
+            encodings.append("json" if n % 2 else "msgpack")
+        else:
+            encodings.append(opts.encodings)
+    client_groups = [n % groups for n in range(opts.clients)]
+    procs = []
+    per_proc = -(-opts.clients // opts.client_procs)
+    for first in range(0, opts.clients, per_proc):
+        procs.append(spawn(
+            "clients", "--port", str(port), "--path", path, "--symbols", str(opts.symbols),
+            "--start-ns", str(int(start * 1e9)), "--stop-ns", str(int(stop * 1e9)),
+            "--client-groups", ",".join(map(str, client_groups[first:first + per_proc])),
+            "--client-encodings", ",".join(encodings[first:first + per_proc])))
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("a client process failed to subscribe")
+    cpu_before = cpu_seconds(proxy.pid) if proxy else 0.0
+    time.sleep(max(0.0, stop - time.time()))
+    cpu_after = cpu_seconds(proxy.pid) if proxy else 0.0
+    emitted = json.loads(gen.stdout.readline())["emitted"]
+    reports = [r for proc in procs for r in json.loads(proc.stdout.readline())]
+    for proc in procs:
+        proc.wait(timeout=30)
+    rss = peak_rss_kib(proxy.pid) if proxy else 0
+    if proxy:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(timeout=30)
+    gen.wait(timeout=30)
+    expected = sum(emitted[r["group"]] for r in reports)
+    delivered = sum(r["count"] for r in reports)
+    p50 = sorted(r["p50"] for r in reports if r["p50"] is not None)
+    p99 = sorted(r["p99"] for r in reports if r["p99"] is not None)
+    return {
+        "mode": mode, "delivered_per_s": delivered / opts.duration,
+        "p50_ms": p50[len(p50) // 2] / 1e6 if p50 else None,
+        "p99_ms": max(p99) / 1e6 if p99 else None,
+        "max_ms": max(r["max"] for r in reports if r["max"] is not None) / 1e6
+        if delivered else None,
+        "loss": 1 - delivered / expected if expected else None,
+        "proxy_cpu_pct": 100 * (cpu_after - cpu_before) / opts.duration if proxy else None,
+        "proxy_cpu_us_per_upstream_msg": 1e6 * (cpu_after - cpu_before) / max(1, sum(emitted))
+        if proxy else None,
+        "proxy_peak_rss_mib": rss / 1024 if proxy else None,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    columns = ["mode", "delivered_per_s", "p50_ms", "p99_ms", "max_ms", "loss",
+               "proxy_cpu_pct", "proxy_cpu_us_per_upstream_msg", "proxy_peak_rss_mib"]
+    lines = [" | ".join(columns)]
+    for row in rows:
+        lines.append(" | ".join(
+            "-" if row.get(c) is None else (
+                "%.3f" % row[c] if isinstance(row[c], float) else str(row[c]))
+            for c in columns))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("generator", "clients"):
+        role = sys.argv.pop(1)
+        parser = argparse.ArgumentParser()
+        if role == "generator":
+            for name, kind in [("rate", float), ("batch", int), ("groups", int),
+                               ("symbols", int), ("start", float), ("stop", float)]:
+                parser.add_argument("--" + name, type=kind, required=True)
+            generator(parser.parse_args())
+        else:
+            for name, kind in [("port", int), ("path", str), ("symbols", int),
+                               ("start-ns", int), ("stop-ns", int)]:
+                parser.add_argument("--" + name, type=kind, required=True)
+            parser.add_argument("--client-groups", type=lambda v: [int(x) for x in v.split(",")])
+            parser.add_argument("--client-encodings", type=lambda v: v.split(","))
+            clients(parser.parse_args())
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=2000, help="messages/s upstream emits")
+    parser.add_argument("--batch", type=int, default=10, help="messages per upstream frame")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--symbols", type=int, default=5, help="symbols per client group")
+    parser.add_argument("--layout", choices=["disjoint", "identical"], default="disjoint")
+    parser.add_argument("--encodings", choices=["msgpack", "json", "mixed"], default="msgpack")
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--mode", choices=["both", "direct", "proxy"], default="both")
+    parser.add_argument("--client-procs", type=int, default=0,
+                        help="client processes (default: one per 50 clients, at most 4)")
+    parser.add_argument("--search", action="store_true",
+                        help="raise the rate until loss or p99 > 50 ms; report the ceiling")
+    opts = parser.parse_args()
+    if not opts.client_procs:
+        opts.client_procs = max(1, min(4, -(-opts.clients // 50)))
+    if opts.search:
+        for mode in ("direct", "proxy"):
+            rate, ceiling = opts.rate, None
+            while rate <= 400_000:
+                opts.rate = rate
+                row = run_mode(opts, mode)
+                print(json.dumps(dict(row, rate=rate)), flush=True)
+                if (row["loss"] or 0) > 0.001 or (row["p99_ms"] or 0) > 50:
+                    break
+                ceiling, rate = rate, rate * 1.5
+            print("%s ceiling: %s msgs/s" % (mode, ceiling), flush=True)
+        return
+    modes = ["direct", "proxy"] if opts.mode == "both" else [opts.mode]
+    rows = [run_mode(opts, mode) for mode in modes]
+    print(json.dumps({"parameters": vars(opts)}))
+    print(table(rows))
+    if len(rows) == 2 and rows[0]["p99_ms"] and rows[1]["p99_ms"]:
+        print("proxy/direct: p99 x%.2f, p50 +%.3f ms, delivered x%.3f" % (
+            rows[1]["p99_ms"] / rows[0]["p99_ms"], rows[1]["p50_ms"] - rows[0]["p50_ms"],
+            rows[1]["delivered_per_s"] / rows[0]["delivered_per_s"]))
+
+
+if __name__ == "__main__":
+    main()
