@@ -137,27 +137,32 @@ class Element:
 def split_frame(frame: bytes) -> list[Element]:
     """Split an upstream MessagePack frame (an array of maps) into elements.
 
-    A lone map is taken as an array of one.  Anything else raises DecodeError.
+    The messages are decoded in one C-level call; the element boundaries come
+    from a second pass that only skips (no objects built), which is cheaper than
+    decoding element by element.  A lone map is taken as an array of one.
+    Anything else raises DecodeError.
     """
-    unpacker = msgpack.Unpacker(raw=False, timestamp=0, max_buffer_size=len(frame) + 1)
-    unpacker.feed(frame)
     try:
-        if frame[:1] and (0x80 <= frame[0] <= 0x8F or frame[0] in (0xDE, 0xDF)):
-            count = 1
+        decoded = msgpack.unpackb(frame, raw=False, timestamp=0)
+        messages = [decoded] if isinstance(decoded, dict) else decoded
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DecodeError("frame is not an array of maps")
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
+        unpacker.feed(frame)
+        if decoded is not messages:
+            start = 0
         else:
-            count = unpacker.read_array_header()
+            unpacker.read_array_header()
+            start = unpacker.tell()
         elements = []
-        start = unpacker.tell()
-        for _ in range(count):
-            message = unpacker.unpack()
+        for message in messages:
+            unpacker.skip()
             end = unpacker.tell()
-            if not isinstance(message, dict):
-                raise DecodeError("frame element is not a map")
             elements.append(Element(message, frame[start:end]))
             start = end
     except DecodeError:
         raise
-    except Exception as error:
+    except Exception as error:  # msgpack raises several unrelated types
         raise DecodeError(str(error)) from None
     return elements
 
