@@ -393,7 +393,7 @@ class DownstreamProtocol(ClientProtocol):
             self._bad_input(refused.code, "refused request")
             return
         if isinstance(request, Auth):
-            if self.session is not None or self._authenticating:
+            if self.session is not None:
                 self.send_control(error(403))
             else:
                 self._authenticate(request.credentials)

@@ -45,8 +45,7 @@ class ProxyCollector(Collector):
             bytes_in.add_metric(labels, session.bytes_in)
             messages_out.add_metric(labels, session.messages_out)
             bytes_out.add_metric(labels, session.bytes_out)
-            wanted = session.router.wanted if hasattr(session, "router") else ()
-            subscriptions.add_metric(labels, len(wanted))
+            subscriptions.add_metric(labels, session.subscription_count)
         yield from (up, reconnects, messages_in, bytes_in, messages_out, bytes_out,
                     subscriptions)
 

@@ -14,7 +14,6 @@ DEFAULT_HEALTH_GRACE = 60.0
 
 
 def _session(session: Any, now: float) -> dict[str, Any]:
-    wanted = session.router.wanted if hasattr(session, "router") else set()
     return {
         "endpoint": session.endpoint.path,
         "kind": session.endpoint.kind,
@@ -23,7 +22,7 @@ def _session(session: Any, now: float) -> dict[str, Any]:
         "connected_since": session.ready_since,
         "reconnects": session.reconnects,
         "clients": len(session.clients),
-        "subscriptions": len(wanted),
+        "subscriptions": session.subscription_count,
         "messages_in": session.incoming.total,
         "messages_per_second": round(session.incoming.rate(now), 1),
         "bytes_in": session.bytes_in,
@@ -33,11 +32,7 @@ def _session(session: Any, now: float) -> dict[str, Any]:
 
 def _client(client: Any, now: float) -> dict[str, Any]:
     session = client.session
-    subscriptions = 0
-    if session is not None and hasattr(session, "router") and client in session.router:
-        subscriptions = sum(len(symbols) for symbols in session.router.state(client).values())
-    elif session is not None and hasattr(session, "listeners"):
-        subscriptions = len(session.listeners.get(client, ()))
+    subscriptions = session.subscriptions_of(client) if session is not None else 0
     return {
         "peer": client.peer_name,
         "path": client.endpoint.path if client.endpoint else None,

@@ -36,7 +36,6 @@ class TradingSession(BaseUpstreamSession):
         super().__init__(endpoint, credentials, clock, rng, health)
         #: client -> the streams it listens to
         self.listeners: dict[Any, tuple[str, ...]] = {}
-        self.events = 0
 
     def encode(self, message: dict) -> tuple[bytes, bool]:
         return codec.to_json(message), False
@@ -48,6 +47,13 @@ class TradingSession(BaseUpstreamSession):
     @property
     def clients(self) -> list[Any]:
         return list(self.listeners)
+
+    @property
+    def subscription_count(self) -> int:
+        return 0  # no channel/symbol pairs: the stream is account-wide
+
+    def subscriptions_of(self, client: Any) -> int:
+        return len(self.listeners.get(client, ()))
 
     def attach(self, client: Any) -> None:
         self.listeners.setdefault(client, ())
@@ -93,7 +99,6 @@ class TradingSession(BaseUpstreamSession):
 
     def publish(self, stream: str, message: dict, payload: bytes, binary: bool) -> None:
         """Send one event to every listener: upstream's own bytes, or MessagePack once."""
-        self.events += 1
         self.bytes_in += len(payload)
         self.incoming.add(1, self.clock.seconds())
         prepared: dict[codec.Encoding, Any] = {}

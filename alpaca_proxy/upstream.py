@@ -232,6 +232,15 @@ class BaseUpstreamSession:
         """No client is attached."""
         raise NotImplementedError
 
+    @property
+    def subscription_count(self) -> int:
+        """What this session holds upstream (channel/symbol pairs, or streams)."""
+        raise NotImplementedError
+
+    def subscriptions_of(self, client: Any) -> int:
+        """How many subscriptions one attached client holds."""
+        raise NotImplementedError
+
     # -- for the protocol ----------------------------------------------------
 
     def connected(self, protocol: UpstreamProtocol) -> None:
@@ -353,6 +362,15 @@ class UpstreamSession(BaseUpstreamSession):
     @property
     def clients(self) -> list[Any]:
         return list(self.router.clients)
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self.router.wanted)
+
+    def subscriptions_of(self, client: Any) -> int:
+        if client not in self.router:
+            return 0
+        return sum(len(symbols) for symbols in self.router.state(client).values())
 
     def attach(self, client: Any) -> None:
         self.router.attach(client)
