@@ -217,11 +217,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory figure from /proc (VmRSS now, VmHWM peak); 0 if it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -272,7 +276,7 @@ def run_mode(opts, mode: str) -> dict:
     reports = [r for proc in procs for r in json.loads(proc.stdout.readline())]
     for proc in procs:
         proc.wait(timeout=30)
-    rss = peak_rss_kib(proxy.pid) if proxy else 0
+    rss = memory_kib(proxy.pid, "VmHWM") if proxy else 0
     if proxy:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(timeout=30)

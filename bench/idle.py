@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -20,16 +19,7 @@ import time
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import free_port  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from fanout import free_port, memory_kib  # the scripts' folder is on sys.path
 
 
 def main() -> None:
@@ -45,7 +35,7 @@ def main() -> None:
          "tcp:%d:interface=127.0.0.1:backlog=1024" % port],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2)
-    before = rss_kib(proxy.pid)
+    before = memory_kib(proxy.pid)
     authenticated = []
 
     class Idle(WebSocketClientProtocol):
@@ -68,7 +58,7 @@ def main() -> None:
             reactor.callLater(0.05, connect, remaining - 200)
 
     def measure() -> None:
-        after = rss_kib(proxy.pid)
+        after = memory_kib(proxy.pid)
         print(json.dumps({"clients": opts.clients, "rss_before_kib": before,
                           "rss_after_kib": after,
                           "kib_per_client": round((after - before) / opts.clients, 2)}))

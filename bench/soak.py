@@ -36,6 +36,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import LoopingCall, deferLater
 
 from alpaca_proxy.simulator import UNIVERSE, FakeAlpacaFactory, SimulatedMarket
+from fanout import memory_kib  # the scripts' folder is on sys.path
 
 SYMBOLS = UNIVERSE["stocks"] + ["IBM", "ORCL", "INTC", "CSCO", "NFLX", "DIS", "KO", "PEP"]
 
@@ -152,15 +153,6 @@ def client_slot(port: int, totals: Totals, until: float):
         yield deferLater(reactor, random.uniform(1, 5), lambda: None)
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        with open("/proc/%d/status" % pid) as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class ProxyProcess(protocol.ProcessProtocol):
@@ -214,7 +206,7 @@ def soak(args):
     samples = []
 
     def sample():
-        line = {"t": round(time.time() - started), "rss_kib": rss_kib(process.pid),
+        line = {"t": round(time.time() - started), "rss_kib": memory_kib(process.pid),
                 "clients": sum(1 for c in upstream.connections), "received": totals.received,
                 "emitted_trades": market.emitted, "violations": totals.violations,
                 "gaps": totals.gaps, "sessions": totals.sessions, "drops": drops}
@@ -232,7 +224,7 @@ def soak(args):
     yield proxy.ended
     with open(log_path) as log:
         text = log.read()
-    reconnects = text.count(" authenticated (PKSOAK)") - 1
+    reconnects = max(0, text.count(" authenticated (PKSOAK)") - 1)
     rss = [s["rss_kib"] for s in samples if s["rss_kib"]]
     print(json.dumps({
         "summary": True, "duration_s": args.duration, "client_slots": args.clients,
