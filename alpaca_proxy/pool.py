@@ -81,9 +81,10 @@ class UpstreamPool(MultiService):
         refusal = self._refusals.get((credentials.key, endpoint.path))
         if refusal is not None:
             refused, code, until = refusal
-            if self._clock.seconds() < until and refused.matches(credentials):
+            if self._clock.seconds() >= until:
+                del self._refusals[(credentials.key, endpoint.path)]
+            elif refused.matches(credentials):
                 return fail(ProtocolError(code))
-            del self._refusals[(credentials.key, endpoint.path)]
         service = self._sessions.get((credentials.key, endpoint.path))
         if service is not None and not service.session.credentials.matches(credentials):
             return fail(ProtocolError(402))

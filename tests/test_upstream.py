@@ -324,3 +324,29 @@ class UnresolvableUpstreamTests(TestCase):
         again = logged(self, lambda e: "unreachable" in e.get("log_format", ""))
         harness.clock.advance(1.0)
         yield again
+
+
+class RefusalMemoryKeptTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_right_pair_does_not_erase_the_wrong_pairs_refusal(self):
+        """A refused pair stays refused locally even after the right pair was presented."""
+        harness = yield Harness(self, configured=False, linger=0).start()
+
+        @defer.inlineCallbacks
+        def wrong():
+            client = yield harness.connect()
+            yield client.next()
+            client.send({"action": "auth", "key": KEY, "secret": "wrong"})
+            return (yield client.next())
+
+        self.assertEqual((yield wrong())[0]["code"], 402)
+        right = yield harness.login()
+        right.sendClose()
+        yield right.closed
+        yield turn()
+        harness.clock.advance(1)  # linger 0: the right pair's upstream closes
+        yield harness.upstream.when(lambda: not harness.upstream.connections)
+        self.assertEqual((yield wrong())[0]["code"], 402)
+        self.assertEqual(harness.upstream.handshakes, 2)
