@@ -167,6 +167,22 @@ def split_frame(frame: bytes) -> list[Element]:
     return elements
 
 
+def split_json_frame(frame: bytes) -> list[Element]:
+    """Split a JSON frame (an array of objects, as Polygon sends) into elements.
+
+    JSON clients get each element re-rendered once (orjson keeps key order and
+    numbers); there are no MessagePack bytes to splice, so ``raw`` is empty.
+    """
+    try:
+        decoded = orjson.loads(frame)
+    except orjson.JSONDecodeError as error:
+        raise DecodeError(str(error)) from None
+    messages = [decoded] if isinstance(decoded, dict) else decoded
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DecodeError("frame is not an array of objects")
+    return [Element(message, b"") for message in messages]
+
+
 def _chunks(parts: Sequence[bytes], overhead: int, separator: int) -> Iterator[Sequence[bytes]]:
     """Group parts into runs whose framed size stays within MAX_MESSAGE_BYTES.
 

@@ -295,6 +295,17 @@ class ClientProtocol(WebSocketServerProtocol):
             self._deadline_passed()
             self.close(1000, "auth timeout")
 
+    def _within_limits(self, change: Change) -> bool:
+        """Whether a data client's (un)subscribe stays within the proxy's symbol limits."""
+        limits = self.factory.limits
+        named = sum(len(symbols) for symbols in change.channels.values())
+        if limits.symbols_per_request and named > limits.symbols_per_request:
+            return False
+        if limits.symbols_per_client and change.action == "subscribe":
+            held = keys_of(applied(self.session.router.state(self), change))
+            return len(held) <= limits.symbols_per_client
+        return True
+
     # -- sending -----------------------------------------------------------------
 
     _backpressure: _Backpressure | None = None
@@ -404,16 +415,6 @@ class DownstreamProtocol(ClientProtocol):
         else:
             self.session.router.request(self, request)
 
-    def _within_limits(self, change: Change) -> bool:
-        limits = self.factory.limits
-        named = sum(len(symbols) for symbols in change.channels.values())
-        if limits.symbols_per_request and named > limits.symbols_per_request:
-            return False
-        if limits.symbols_per_client and change.action == "subscribe":
-            held = keys_of(applied(self.session.router.state(self), change))
-            return len(held) <= limits.symbols_per_client
-        return True
-
     def _undecodable(self, why: str) -> None:
         self._bad_input(400, why)
 
@@ -460,7 +461,8 @@ class DownstreamFactory(WebSocketServerFactory):
     def __init__(self, pool: Any, clock: Any, default_feed: str = "iex",
                  auth_timeout: float = 10.0, protocol: type | None = None,
                  limits: Limits = Limits(), clients: set | None = None,
-                 origins: frozenset[str] = frozenset(), stats: ProxyStats | None = None) -> None:
+                 origins: frozenset[str] = frozenset(), stats: ProxyStats | None = None,
+                 polygon_root: str | None = None) -> None:
         if protocol is not None:
             self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
@@ -474,6 +476,8 @@ class DownstreamFactory(WebSocketServerFactory):
         self.pool = pool
         self.clock = clock
         self.default_feed = default_feed
+        #: The Polygon market served at "/" (Polygon mode), else None.
+        self.polygon_root = polygon_root
         self.auth_timeout = auth_timeout
         self.limits = limits
         #: Shared by the proxy's factories, read by the status page and /metrics.

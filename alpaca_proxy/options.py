@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.dialects.polygon import credentials_for
 from alpaca_proxy.upstream import load_ca_bundle
 
 #: option name -> environment variable
@@ -40,6 +41,13 @@ ENVIRONMENT = {
     "ping-interval": "ALPACA_PROXY_PING_INTERVAL",
     "ping-timeout": "ALPACA_PROXY_PING_TIMEOUT",
     "silence-timeout": "ALPACA_PROXY_SILENCE_TIMEOUT",
+    "polygon-url": "ALPACA_PROXY_POLYGON_URL",
+}
+
+#: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
+POLYGON_CLUSTERS = {
+    "real-time": "wss://socket.massive.com",
+    "delayed": "wss://delayed.massive.com",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -49,8 +57,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Hold one upstream Alpaca market-data websocket per endpoint and serve it to any"
-        " number of local clients.  Credentials come from APCA_API_KEY_ID and"
-        " APCA_API_SECRET_KEY; without them, clients' own credentials are used."
+        " number of local clients (Polygon/Massive's too).  Credentials come from"
+        " APCA_API_KEY_ID and APCA_API_SECRET_KEY (POLYGON_API_KEY or MASSIVE_API_KEY);"
+        " without them, clients' own credentials are used."
     )
 
     optParameters = [
@@ -102,6 +111,10 @@ class Options(usage.Options):
         ["ca-bundle", None, None,
          "PEM file of CAs that upstream TLS certificates must chain to, instead of the"
          " system's (e.g. a corporate proxy's) [env ALPACA_PROXY_CA_BUNDLE]."],
+        ["polygon-url", None, "real-time",
+         "Upstream Polygon/Massive base URL, or a cluster name: real-time"
+         " (wss://socket.massive.com) or delayed (15-minute delayed,"
+         " wss://delayed.massive.com) [env ALPACA_PROXY_POLYGON_URL]."],
         ["credentials-file", None, None,
          "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
          "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
@@ -110,6 +123,9 @@ class Options(usage.Options):
     optFlags = [
         ["simulate", None,
          "Serve a built-in simulated market instead of Alpaca [env ALPACA_PROXY_SIMULATE=true]."],
+        ["use-polygon", None,
+         "Serve Polygon/Massive's protocol at / (its stocks cluster) instead of Alpaca's;"
+         " /{market} paths are served either way [env USE_POLYGON=true]."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -124,6 +140,8 @@ class Options(usage.Options):
             self["feed"] = "sip"
         if self._environ.get("ALPACA_PROXY_SIMULATE", "").strip().lower() in _TRUE:
             self["simulate"] = 1
+        if self._environ.get("USE_POLYGON", "").strip().lower() in _TRUE:
+            self["use-polygon"] = 1
 
     def parseOptions(self, options=None) -> None:
         """Parse, turning any usage error into one line on stderr and exit status 1.
@@ -146,7 +164,8 @@ class Options(usage.Options):
         for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols"):
             self[name] = int(self[name])
         _check_listen(self["listen"])
-        for name in ("data-url", "trading-url"):
+        self["polygon-url"] = POLYGON_CLUSTERS.get(self["polygon-url"], self["polygon-url"])
+        for name in ("data-url", "trading-url", "polygon-url"):
             self[name] = _check_url(name, self[name])
         if not re.fullmatch(r"[a-z_]+", self["feed"]):
             raise usage.UsageError("--feed: not a feed name: %r" % (self["feed"],))
@@ -158,6 +177,11 @@ class Options(usage.Options):
             accounts.update(_read_accounts(self["credentials-file"]))
         #: key -> Credentials clients must present; None: clients bring their own.
         self["accounts"] = accounts or None
+        polygon_keys = {self._environ.get(name, "").strip()
+                        for name in ("POLYGON_API_KEY", "MASSIVE_API_KEY")} - {""}
+        keys = [credentials_for(key) for key in sorted(polygon_keys)]
+        #: Polygon keys clients must present (by fingerprint); None: their own.
+        self["polygon-accounts"] = {c.key: c for c in keys} or None
         self["origins"] = frozenset(o.strip() for o in self["allow-origin"].split(",")
                                     if o.strip())
         self["trust-root"] = None

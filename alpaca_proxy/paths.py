@@ -15,6 +15,13 @@ STOCKS = "stocks"
 CRYPTO = "crypto"
 NEWS = "news"
 OPTIONS = "options"
+#: Polygon/Massive clusters, one per market, on ``/{market}``.
+POLYGON = "polygon"
+#: Markets served on ``/{market}`` (the Polygon/Massive clients' ``Market`` enum).
+POLYGON_MARKETS = frozenset({
+    "stocks", "options", "forex", "crypto", "indices",
+    "futures", "futures/cme", "futures/cbot", "futures/nymex", "futures/comex",
+})
 
 #: Go SDK bare feed paths (``stream.WithBaseURL`` with a bare proxy base).
 _BARE_STOCK_FEEDS = {"iex", "sip", "delayed_sip", "boats", "overnight", "test", "otc"}
@@ -72,4 +79,17 @@ def resolve(raw_path: str, default_feed: str) -> Endpoint | None:
         return Endpoint(CRYPTO, "/v1beta3/crypto/" + bare)
     if bare in _OPTION_FEEDS:
         return Endpoint(OPTIONS, "/v1beta1/" + bare)
+    return None
+
+
+def resolve_polygon(raw_path: str, root_market: str | None = None) -> Endpoint | None:
+    """The Polygon cluster a local path asks for (``/stocks``, ``/futures/cme`` ...).
+
+    ``/`` stands for ``root_market`` when the proxy serves Polygon there.
+    """
+    path = normalize(raw_path)
+    if path == "/" and root_market:
+        return Endpoint(POLYGON, "/" + root_market)
+    if path[1:] in POLYGON_MARKETS:
+        return Endpoint(POLYGON, path)
     return None

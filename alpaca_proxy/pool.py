@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
-from alpaca_proxy.paths import Endpoint
+from alpaca_proxy.paths import POLYGON, Endpoint
+from alpaca_proxy.polygon import PolygonSession
 from alpaca_proxy.trading import TRADING, TradingSession
 from alpaca_proxy.upstream import BaseUpstreamSession, Health, UpstreamService, UpstreamSession
 
@@ -49,6 +50,8 @@ class UpstreamPool(MultiService):
         clock: Any = None,
         health: Health = Health(),
         trust_root: Any = None,
+        polygon_url: Callable[[], str] | None = None,
+        polygon_accounts: Mapping[str, Credentials] | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -56,8 +59,11 @@ class UpstreamPool(MultiService):
         self._clock = reactor if clock is None else clock
         self._data_url = data_url
         self._trading_url = trading_url or data_url
+        self._polygon_url = polygon_url or data_url
         #: key -> the only pair accepted for it; None: clients bring their own.
+        #: Alpaca's and Polygon's keys are separate: neither opens the other's streams.
         self._accounts = dict(accounts) if accounts else None
+        self._polygon_accounts = dict(polygon_accounts) if polygon_accounts else None
         self._linger = linger
         self._health = health
         #: CAs that upstream TLS certificates must chain to (None: the platform's).
@@ -74,8 +80,9 @@ class UpstreamPool(MultiService):
     def authenticate(self, endpoint: Endpoint, credentials: Credentials) -> Deferred:
         """A Deferred firing with the session a client may join, or ProtocolError."""
         configured = None
-        if self._accounts is not None:
-            configured = self._accounts.get(credentials.key)
+        accounts = self._polygon_accounts if endpoint.kind == POLYGON else self._accounts
+        if accounts is not None:
+            configured = accounts.get(credentials.key)
             if configured is None or not configured.matches(credentials):
                 return fail(ProtocolError(402))
         refusal = self._refusals.get((credentials.key, endpoint.path))
@@ -121,6 +128,9 @@ class UpstreamPool(MultiService):
             session = TradingSession(endpoint, credentials, clock=self._clock,
                                      health=self._health)
             base = self._trading_url()
+        elif endpoint.kind == POLYGON:
+            session = PolygonSession(endpoint, credentials, clock=self._clock, health=self._health)
+            base = self._polygon_url()
         else:
             session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
                                       clock=self._clock, health=self._health)

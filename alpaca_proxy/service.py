@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.options import Options
+from alpaca_proxy.polygon import PolygonProtocol
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import SimulatorService
 from alpaca_proxy.stats import ProxyStats
@@ -49,6 +50,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         def trading_url() -> str:
             return data_url()
+
+        def polygon_url() -> str:
+            assert simulator.polygon_url is not None, "simulator not listening yet"
+            return simulator.polygon_url
     else:
         def data_url() -> str:
             return options["data-url"]
@@ -56,11 +61,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         def trading_url() -> str:
             return options["trading-url"]
 
+        def polygon_url() -> str:
+            return options["polygon-url"]
+
     health = Health(ping_interval=options["ping-interval"], ping_timeout=options["ping-timeout"],
                     silence_timeout=options["silence-timeout"])
     pool = UpstreamPool(reactor, data_url, accounts=options["accounts"],
                         linger=options["linger"], trading_url=trading_url, health=health,
-                        trust_root=options["trust-root"])
+                        trust_root=options["trust-root"], polygon_url=polygon_url,
+                        polygon_accounts=options["polygon-accounts"])
     pool.setName("upstreams")
     pool.setServiceParent(top)
     limits = Limits(buffer_bytes=options["client-buffer"],
@@ -72,7 +81,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                     stats=ProxyStats())
     data = DownstreamFactory(pool, reactor, **settings)
     trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
-    site = StreamSite(data, trading, health_grace=options["health-grace"])
+    polygon = DownstreamFactory(pool, reactor, protocol=PolygonProtocol,
+                                polygon_root="stocks" if options["use-polygon"] else None,
+                                **settings)
+    site = StreamSite(data, trading, health_grace=options["health-grace"],
+                      polygon_factory=polygon)
     listener = ListenerService(serverFromString(reactor, options["listen"]), site)
     listener._raiseSynchronously = True  # a port that cannot be bound fails startup
     listener.setName("listener")

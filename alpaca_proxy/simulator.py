@@ -22,11 +22,12 @@ import msgpack
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from alpaca_proxy.polygon_simulator import FakePolygonFactory, PolygonMarket
 from alpaca_proxy.timers import use_clock
 
 _PATHS = [
@@ -461,7 +462,7 @@ class SimulatedMarket:
 
 
 class SimulatorService(Service):
-    """The simulated upstream, listening on a loopback port of its own."""
+    """The simulated upstreams (Alpaca's and Polygon's), each on a loopback port of its own."""
 
     _log = Logger()
 
@@ -469,27 +470,36 @@ class SimulatorService(Service):
         self._reactor = reactor
         self.market = SimulatedMarket(reactor, seed=seed, rate=rate)
         self.factory = FakeAlpacaFactory(market=self.market, clock=reactor)
+        self.polygon = FakePolygonFactory(clock=reactor)
+        self.polygon_market = PolygonMarket(reactor, self.polygon, seed=seed, rate=rate)
         self.url: str | None = None
-        self._port = None
+        self.polygon_url: str | None = None
+        self._ports: list[Any] = []
 
     def startService(self):
         super().startService()
         endpoint = serverFromString(self._reactor, "tcp:0:interface=127.0.0.1")
-        listening = endpoint.listen(self.factory)
 
-        def listened(port):
-            self._port = port
-            self.url = "ws://127.0.0.1:%d" % (port.getHost().port,)
+        def url(port) -> str:
+            self._ports.append(port)
+            return "ws://127.0.0.1:%d" % (port.getHost().port,)
+
+        def listened(ports):
+            self.url, self.polygon_url = ports
             self._log.warn(
-                "SIMULATED MARKET: upstream data comes from the built-in simulator at {url};"
-                " no prices are real.", url=self.url)
+                "SIMULATED MARKET: upstream data comes from the built-in simulator at {url}"
+                " (Polygon paths: {polygon}); no prices are real.", url=self.url,
+                polygon=self.polygon_url)
             self.market.start()
+            self.polygon_market.start()
 
-        return listening.addCallback(listened)
+        alpaca = endpoint.listen(self.factory).addCallback(url)
+        polygon = endpoint.listen(self.polygon).addCallback(url)
+        return gatherResults([alpaca, polygon], consumeErrors=True).addCallback(listened)
 
     def stopService(self):
         super().stopService()
         self.market.stop()
-        if self._port is not None:
-            return self._port.stopListening()
-        return None
+        self.polygon_market.stop()
+        ports, self._ports = self._ports, []
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports])

@@ -1,7 +1,8 @@
 """One port for everything: a twisted.web ``Site`` with the websocket streams mounted.
 
-A websocket upgrade on a market-data path goes to the data factory, on
-``/stream`` to the trading factory; an unknown path is refused with HTTP 404
+A websocket upgrade on an Alpaca market-data path goes to the data factory, on
+``/stream`` to the trading factory, on ``/{market}`` (and ``/`` in Polygon
+mode) to the Polygon factory; an unknown path is refused with HTTP 404
 before any handshake.  Plain HTTP: ``/`` is the status page (for a browser),
 ``/status.json`` what it shows, ``/metrics`` for Prometheus, ``/healthz`` 200 or
 503; any other stream path gets 426 (Upgrade Required).
@@ -33,10 +34,14 @@ class StreamsResource(Resource):
     isLeaf = True
 
     def __init__(self, data_factory: Any, trading_factory: Any,
-                 health_grace: float = DEFAULT_HEALTH_GRACE) -> None:
+                 health_grace: float = DEFAULT_HEALTH_GRACE,
+                 polygon_factory: Any = None) -> None:
         super().__init__()
         self._data = WebSocketResource(data_factory)
         self._trading = WebSocketResource(trading_factory)
+        self._polygon = WebSocketResource(polygon_factory) if polygon_factory else None
+        #: The Polygon market served at "/" instead of Alpaca's stocks, if any.
+        self._polygon_root = polygon_factory.polygon_root if polygon_factory else None
         self._default_feed = data_factory.default_feed
         self._pool = data_factory.pool
         self._clock = data_factory.clock
@@ -52,11 +57,8 @@ class StreamsResource(Resource):
             page = self._page(path, request)
             if page is not None:
                 return page
-        if is_trading_path(path):
-            resource = self._trading
-        elif paths.resolve(path, self._default_feed) is not None:
-            resource = self._data
-        else:
+        resource = self._resource_for(path)
+        if resource is None:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"no such stream\n"
@@ -67,6 +69,15 @@ class StreamsResource(Resource):
             return b"this is a websocket stream: connect with a websocket client\n"
         return resource.render(request)
 
+    def _resource_for(self, path: str) -> Any:
+        """The websocket resource serving a path, or None."""
+        if is_trading_path(path):
+            return self._trading
+        if self._polygon is not None and paths.resolve_polygon(path, self._polygon_root):
+            return self._polygon
+        if paths.resolve(path, self._default_feed) is not None:
+            return self._data
+        return None
 
     def _page(self, path: str, request: Any) -> bytes | None:
         """The plain-HTTP pages, or None for a path that is not one."""
@@ -93,9 +104,11 @@ class StreamSite(Site):
     """The site, knowing its websocket factories so it can close their clients."""
 
     def __init__(self, data_factory: Any, trading_factory: Any,
-                 health_grace: float = DEFAULT_HEALTH_GRACE) -> None:
-        super().__init__(StreamsResource(data_factory, trading_factory, health_grace))
-        self.factories = (data_factory, trading_factory)
+                 health_grace: float = DEFAULT_HEALTH_GRACE,
+                 polygon_factory: Any = None) -> None:
+        super().__init__(StreamsResource(data_factory, trading_factory, health_grace,
+                                         polygon_factory))
+        self.factories = tuple(f for f in (data_factory, trading_factory, polygon_factory) if f)
 
     def close_all(self, code: int, reason: str) -> None:
         for factory in self.factories:

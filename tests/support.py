@@ -18,6 +18,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import Clock, deferLater
 
 from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.dialects.polygon import credentials_for
+from alpaca_proxy.polygon import PolygonProtocol
+from alpaca_proxy.polygon_simulator import FakePolygonFactory
 from alpaca_proxy.downstream import DownstreamFactory, Limits
 from alpaca_proxy.pool import UpstreamPool
 from alpaca_proxy.simulator import FakeAlpacaFactory
@@ -28,6 +31,8 @@ from alpaca_proxy.upstream import load_ca_bundle
 from alpaca_proxy.web import StreamSite
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
+#: A Polygon API key (the key is the secret there).
+POLYGON_KEY = "pOlyg0nK3y-Zq81"
 
 
 class RecordingClient(WebSocketClientProtocol):
@@ -120,7 +125,8 @@ class Harness:
                  symbol_limit: int | None = None, accounts: dict | None = None,
                  tls: bool = False, health=None, limits=None,
                  upstream_tls: str | None = None, trust_upstream: bool = True,
-                 upstream_url: str | None = None):
+                 upstream_url: str | None = None, polygon_configured: bool = True,
+                 polygon_keys: set | None = None, polygon_root: str | None = None):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -140,6 +146,13 @@ class Harness:
         #: Dial this instead of the harness's own fake upstream (e.g. another proxy).
         self._upstream_url = upstream_url
         self.clients: list[RecordingClient] = []
+        #: The fake Polygon cluster (every market on one port).
+        self.polygon = FakePolygonFactory(
+            keys={POLYGON_KEY} if polygon_keys is None else polygon_keys, clock=self.clock)
+        self._polygon_accounts = (
+            {credentials_for(POLYGON_KEY).key: credentials_for(POLYGON_KEY)}
+            if polygon_configured else None)
+        self._polygon_root = polygon_root
 
     @defer.inlineCallbacks
     def start(self):
@@ -152,15 +165,23 @@ class Harness:
         url = self._upstream_url or "%s://%s:%d" % (
             "wss" if self._upstream_tls else "ws", self._upstream_tls or "127.0.0.1",
             self.upstream_port.getHost().port)
+        self.polygon_port = yield serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1").listen(self.polygon)
+        polygon_url = "ws://127.0.0.1:%d" % (self.polygon_port.getHost().port,)
         self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
                                  linger=self._linger, clock=self.clock, trust_root=trust_root,
+                                 polygon_url=lambda: polygon_url,
+                                 polygon_accounts=self._polygon_accounts,
                                  **({"health": self._health} if self._health else {}))
         self.pool.startService()
         shared = dict(limits=self._limits, clients=set(), stats=ProxyStats())
         self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex", **shared)
         self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol,
                                                  **shared)
-        self.site = StreamSite(self.factory, self.trading_factory)
+        self.polygon_factory = DownstreamFactory(self.pool, self.clock, protocol=PolygonProtocol,
+                                                 polygon_root=self._polygon_root, **shared)
+        self.site = StreamSite(self.factory, self.trading_factory,
+                               polygon_factory=self.polygon_factory)
         listen = "tcp:0:interface=127.0.0.1"
         if self._tls:
             listen = self._tls_listen()
@@ -205,6 +226,23 @@ class Harness:
         self.clients.append(client)
         return client
 
+    @defer.inlineCallbacks
+    def polygon_login(self, market: str = "stocks", key: str = POLYGON_KEY, path: str | None = None):
+        """Connect to a Polygon path, read ``connected``, authenticate; fires with the client."""
+        client = yield self.connect(path or "/" + market)
+        welcome = yield client.next()
+        assert welcome == [{"ev": "status", "status": "connected",
+                            "message": "Connected Successfully"}], welcome
+        client.send({"action": "auth", "params": key})
+        reply = yield client.next()
+        assert reply == [{"ev": "status", "status": "auth_success",
+                          "message": "authenticated"}], reply
+        return client
+
+    def polygon_requests(self) -> list:
+        """What the proxy sent the Polygon fake (not auth)."""
+        return [m for _, m in self.polygon.received if m.get("action") != "auth"]
+
     def upstream_messages(self, action: str | None = None) -> list:
         """What the proxy sent upstream (not auth), optionally of one action."""
         return [m for _, m in self.upstream.received
@@ -223,6 +261,9 @@ class Harness:
         for connection in list(self.upstream.connections):
             connection.dropConnection(abort=True)
         yield self.upstream_port.stopListening()
+        for connection in list(self.polygon.connections):
+            connection.dropConnection(abort=True)
+        yield self.polygon_port.stopListening()
         # Let the aborted sockets finish closing before trial checks the reactor.
         yield turn()
 

@@ -40,6 +40,9 @@ DEFAULTS = {
     "ping-timeout": 180.0,
     "silence-timeout": 0.0,
     "accounts": None,
+    "use-polygon": 0,
+    "polygon-url": "wss://socket.massive.com",
+    "polygon-accounts": None,
 }
 
 
@@ -65,6 +68,25 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse(["--linger", "7"], environ), dict(
             DEFAULTS, listen="tcp:9000", **{"data-url": "ws://127.0.0.1:1"}, linger=7.0,
             simulate=1, feed="sip", accounts={"PK1": Credentials("PK1", "sec")}))
+
+    def test_polygon_settings(self):
+        """USE_POLYGON selects Polygon at /; cluster names expand; keys become accounts."""
+        parsed = parse(["--polygon-url", "delayed"], {
+            "USE_POLYGON": "true", "POLYGON_API_KEY": "poly-key", "MASSIVE_API_KEY": "massive-key"})
+        self.assertEqual(parsed["use-polygon"], 1)
+        self.assertEqual(parsed["polygon-url"], "wss://delayed.massive.com")
+        accounts = parsed["polygon-accounts"]
+        self.assertEqual(sorted(c.secret for c in accounts.values()),
+                         ["massive-key", "poly-key"])
+        for key, credentials in accounts.items():
+            self.assertEqual(credentials.key, key)
+            self.assertNotIn(credentials.secret, key)  # the public half is a fingerprint
+        self.assertEqual(parse([], {"ALPACA_PROXY_POLYGON_URL": "ws://127.0.0.1:9/"})[
+            "polygon-url"], "ws://127.0.0.1:9")
+        self.assertEqual(parse(["--use-polygon"])["use-polygon"], 1)
+        self.assertEqual(parse([], {"USE_POLYGON": "false"})["use-polygon"], 0)
+        with self.assertRaises(SystemExit):
+            parse(["--polygon-url", "socket.massive.com"])
 
     def test_feed_variable_beats_is_pro(self):
         """An explicit feed is not overridden by IS_PRO."""
