@@ -51,7 +51,9 @@ class PolygonSession(UpstreamSession):
         return codec.to_json(message), False
 
     def retry_delay(self, attempt: int) -> float:
-        return backoff(max(attempt, self._bad_sessions, self._evictions), self._rng)
+        # Evicted n times in a row: wait as after n + 1 failures (1-2 s, 2-4 s ... 30 s).
+        evicted = self._evictions + 1 if self._evictions else 0
+        return backoff(max(attempt, self._bad_sessions, evicted), self._rng)
 
     # -- frames ------------------------------------------------------------------
 
