@@ -21,6 +21,7 @@ HERE = Path(__file__).parent / "sdk"
 ENVIRONMENTS = {
     "sdk": ("requirements.txt", ["alpaca-trade-api==3.2.0"]),
     "ata15": ("requirements-ata15.txt", ["alpaca-trade-api==1.5.0"]),
+    "polygon": ("requirements-polygon.txt", []),
 }
 
 
@@ -42,7 +43,8 @@ def python(name: str = "sdk") -> str:
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(interpreter), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + ["-r", str(HERE / requirements)], check=True)
-    subprocess.run(pip + ["--no-deps"] + no_deps, check=True)
+    if no_deps:
+        subprocess.run(pip + ["--no-deps"] + no_deps, check=True)
     stamp.write_text(wanted.hexdigest())
     return str(interpreter)
 

@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests import sdk_env
-from tests.support import KEY, SECRET, Harness, logged
+from tests.support import KEY, POLYGON_KEY, SECRET, Harness, logged
 
 STAMP = msgpack.Timestamp(1714658587, 120450000)
 MINUTE = msgpack.Timestamp(1714658580, 0)
@@ -256,3 +256,75 @@ class SdkMatrixTests(TestCase):
             self.assertParsed(self.lines(result), market_expected(symbol, n))
         self.assertEqual(self.upstream.handshakes, 1)
         self.assertEqual(len(self.upstream.sessions), 1)
+
+
+def polygon_trade(symbol, price, at=1714658587120):
+    return {"ev": "T", "sym": symbol, "x": 4, "i": "71", "z": 3, "p": price, "s": 100,
+            "c": [12, 37], "t": at, "q": 1001}
+
+
+def polygon_quote(symbol, bid, at=1714658587125):
+    return {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": 2, "ax": 12, "ap": bid + 0.02,
+            "as": 3, "c": 0, "t": at, "z": 3, "q": 1002}
+
+
+class PolygonSdkTests(TestCase):
+    """The official Polygon/Massive WebSocketClient (massive 2.9.1, polygon-api-client
+    1.16.3), pointed at the proxy with feed="127.0.0.1:PORT", secure=False."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.python = sdk_env.python("polygon")
+        self.harness = yield Harness(self).start()
+        self.feed = "127.0.0.1:%d" % (self.harness.port,)
+
+    def client(self, package, market, subscriptions, count):
+        return getProcessOutputAndValue(
+            self.python, [sdk_env.script("polygon_client.py"), package, self.feed, market,
+                          POLYGON_KEY, subscriptions, str(count)], env={}, reactor=reactor)
+
+    def subscribed(self, market, *params):
+        polygon = self.harness.polygon
+        return polygon.when(lambda: any(set(params) <= c.subscriptions
+                                        for c in polygon.authenticated(market)))
+
+    def parsed(self, result):
+        out, err, code = result
+        self.assertEqual(code, 0, (out.decode() + err.decode())[-3000:])
+        return [(m["kind"], m["symbol"], m["value"]) for m in map(json.loads, out.splitlines())]
+
+    @defer.inlineCallbacks
+    def test_massive_and_polygon_clients_at_once(self):
+        """Both official clients on one upstream, each getting exactly its subscriptions."""
+        massive = self.client("massive", "stocks", "T.MSFT,Q.*", 3)
+        polygon = self.client("polygon", "stocks", "T.AAPL", 2)
+        yield self.subscribed("stocks", "T.MSFT", "Q.*", "T.AAPL")
+        self.harness.polygon.inject([
+            polygon_trade("MSFT", 412.5), polygon_trade("AAPL", 190.25),
+            polygon_quote("MSFT", 412.4), polygon_quote("AAPL", 190.2)])
+        self.harness.polygon.inject([polygon_trade("AAPL", 191.0)])
+        massive_lines, polygon_lines = yield defer.gatherResults([massive, polygon])
+        self.assertEqual(self.parsed(massive_lines), [
+            ("EquityTrade", "MSFT", 412.5), ("EquityQuote", "MSFT", 412.4),
+            ("EquityQuote", "AAPL", 190.2)])
+        self.assertEqual(self.parsed(polygon_lines), [
+            ("EquityTrade", "AAPL", 190.25), ("EquityTrade", "AAPL", 191.0)])
+        self.assertEqual(self.harness.polygon.handshakes, 1)
+        self.assertEqual(len(self.harness.polygon.authenticated()), 1)
+
+    @defer.inlineCallbacks
+    def test_massive_crypto_and_polygon_indices(self):
+        """Other markets: crypto pairs (``pair``) and index values (``T``)."""
+        crypto = self.client("massive", "crypto", "XT.BTC-USD", 1)
+        indices = self.client("polygon", "indices", "V.I:SPX", 1)
+        yield self.subscribed("crypto", "XT.BTC-USD")
+        yield self.subscribed("indices", "V.I:SPX")
+        self.harness.polygon.inject([{"ev": "XT", "pair": "BTC-USD", "p": 60000.5, "t": 1,
+                                      "s": 0.01, "c": [1], "i": "9", "x": 1, "r": 2}], "crypto")
+        self.harness.polygon.inject([{"ev": "V", "T": "I:SPX", "val": 5012.25, "t": 1}],
+                                    "indices")
+        crypto_lines, index_lines = yield defer.gatherResults([crypto, indices])
+        self.assertEqual(self.parsed(crypto_lines), [("CryptoTrade", "BTC-USD", 60000.5)])
+        self.assertEqual(self.parsed(index_lines), [("IndexValue", "I:SPX", 5012.25)])
