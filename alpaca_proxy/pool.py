@@ -9,6 +9,10 @@ Local auth rules:
 - With none configured, a client's pair opens an upstream session for its key
   and upstream's verdict is the answer; later clients presenting the same pair
   share it, another secret for the same key gets 402.
+
+Polygon/Massive keys follow the same rules with their own accounts
+(``polygon_accounts``); the key is the secret there, so its credentials carry a
+fingerprint as the public half (``dialects.polygon.credentials_for``).
 """
 
 from __future__ import annotations

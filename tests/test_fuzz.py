@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from alpaca_proxy import codec
+from alpaca_proxy.dialects import polygon
 from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
 
 EXAMPLES = settings(max_examples=1500, deadline=None,
@@ -221,3 +222,38 @@ class HandlerFuzzTests(SynchronousTestCase):
                 self.assertIsInstance(decoded, list)
         client.connectionLost(Failure(ConnectionDone()))
         self.good_still_served()
+
+
+class PolygonFuzzTests(SynchronousTestCase):
+    @EXAMPLES
+    @given(st.one_of(values, st.fixed_dictionaries(
+        {"action": st.sampled_from(["auth", "subscribe", "unsubscribe", "x"])},
+        optional={"params": st.one_of(values, st.text(
+            alphabet="TQAM.*,:-/ XBC9", max_size=40))})))
+    def test_any_client_message(self, message):
+        """Any client message is a request or a status reply, and acks name what was asked."""
+        try:
+            request = polygon.parse(message)
+        except polygon.PolygonError as refused:
+            self.assertEqual(refused.reply["ev"], "status")
+            return
+        if isinstance(request, polygon.PolygonChange):
+            asked = {(ev, s) for ev, symbols in request.change.channels.items() for s in symbols}
+            acked = set()
+            for status in polygon.acknowledgements(request.change.action, request.params):
+                action, keys = polygon.acknowledged(status)
+                self.assertEqual(action, request.change.action)
+                acked.update(keys)
+            self.assertEqual(acked, asked)
+
+    @EXAMPLES
+    @given(st.binary(max_size=300))
+    def test_any_upstream_json_frame(self, frame):
+        """Any frame from a Polygon upstream splits into objects or raises DecodeError."""
+        try:
+            elements = codec.split_json_frame(frame)
+        except codec.DecodeError:
+            return
+        for element in elements:
+            polygon.DIALECTS["stocks"].routing(element.message)
+            self.assertEqual(element.json[:1], b"{")

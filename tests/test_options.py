@@ -204,6 +204,34 @@ class SimulatedServiceTests(TestCase):
         self.assertEqual(session.headers.get("content-type"), "application/msgpack")
 
     @defer.inlineCallbacks
+    def test_simulated_polygon_market(self):
+        """--simulate with USE_POLYGON: Polygon's protocol at / and on /{market}."""
+        from twisted.internet import reactor
+
+        options = Options(environ={"USE_POLYGON": "true"})
+        options.parseOptions(["--simulate", "--sim-rate", "50", "--listen",
+                              "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        self.addCleanup(tree.stopService)
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        for path, params, wanted in (("/", "T.AAPL", {("T", "AAPL")}),
+                                     ("/crypto", "XQ.*", {("XQ", "BTC-USD"), ("XQ", "ETH-USD")})):
+            client = yield connect(port, path)
+            self.addCleanup(lambda c=client: c.sendClose() or c.closed)
+            self.assertEqual((yield client.next())[0]["status"], "connected")
+            client.send({"action": "auth", "params": "any-key"})
+            self.assertEqual((yield client.next())[0]["status"], "auth_success")
+            client.send({"action": "subscribe", "params": params})
+            self.assertEqual((yield client.next())[0]["message"], "subscribed to: " + params)
+            seen = set()
+            while seen != wanted:
+                for message in (yield client.next()):
+                    key = (message["ev"], message.get("sym") or message.get("pair"))
+                    self.assertIn(key, wanted)
+                    seen.add(key)
+
+    @defer.inlineCallbacks
     def test_clients_get_going_away_on_shutdown(self):
         """Stopping the service closes clients with 1001 and upstream with a clean close."""
         from twisted.internet import reactor
