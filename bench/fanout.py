@@ -7,6 +7,7 @@ Run by hand (not in CI), from the repository root with the proxy installed:
     python bench/fanout.py --clients 500 --layout identical --rate 2000
     python bench/fanout.py --encodings mixed
     python bench/fanout.py --search --batch 20 --clients 10
+    python bench/fanout.py --mode levels      # direct, one proxy, a chain of two
 
 Three roles, each its own process:
 
@@ -229,6 +230,20 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def start_proxy(upstream_port: int) -> tuple[subprocess.Popen, int]:
+    """A proxy whose upstream is the generator, or another proxy; returns it and its port."""
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile=", "alpaca-proxy", "--listen", "tcp:%d:interface=127.0.0.1" % port,
+         "--data-url", "ws://127.0.0.1:%d" % upstream_port, "--max-symbols", "1000000",
+         "--max-request-symbols", "1000000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
+    time.sleep(1.5)
+    return proxy, port
+
+
 def run_mode(opts, mode: str) -> dict:
     """One measurement: generator, optionally the proxy, and the client processes."""
     setup = 4.0 + opts.clients / 100
@@ -239,18 +254,12 @@ def run_mode(opts, mode: str) -> dict:
                 "--groups", str(groups), "--symbols", str(opts.symbols),
                 "--start", repr(start), "--stop", repr(stop))
     gen_port = int(gen.stdout.readline())
-    proxy = None
+    proxies: list[subprocess.Popen] = []
     port, path = gen_port, "/v2/iex"
-    if mode == "proxy":
-        port = free_port()
-        proxy = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "alpaca-proxy", "--listen", "tcp:%d:interface=127.0.0.1" % port,
-             "--data-url", "ws://127.0.0.1:%d" % gen_port, "--max-symbols", "1000000",
-             "--max-request-symbols", "1000000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
-        time.sleep(1.5)
+    # "proxy": clients -> proxy -> generator; "chain": clients -> proxy -> proxy -> generator.
+    for _ in range({"direct": 0, "proxy": 1, "chain": 2}[mode]):
+        proxy, port = start_proxy(port)
+        proxies.append(proxy)
     encodings = []
     for n in range(opts.clients):
         if opts.encodings == "mixed":
@@ -269,15 +278,15 @@ def run_mode(opts, mode: str) -> dict:
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit("a client process failed to subscribe")
-    cpu_before = cpu_seconds(proxy.pid) if proxy else 0.0
+    cpu_before = sum(cpu_seconds(proxy.pid) for proxy in proxies)
     time.sleep(max(0.0, stop - time.time()))
-    cpu_after = cpu_seconds(proxy.pid) if proxy else 0.0
+    cpu_after = sum(cpu_seconds(proxy.pid) for proxy in proxies)
     emitted = json.loads(gen.stdout.readline())["emitted"]
     reports = [r for proc in procs for r in json.loads(proc.stdout.readline())]
     for proc in procs:
         proc.wait(timeout=30)
-    rss = memory_kib(proxy.pid, "VmHWM") if proxy else 0
-    if proxy:
+    rss = max((memory_kib(proxy.pid, "VmHWM") for proxy in proxies), default=0)
+    for proxy in proxies:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(timeout=30)
     gen.wait(timeout=30)
@@ -292,10 +301,11 @@ def run_mode(opts, mode: str) -> dict:
         "max_ms": max(r["max"] for r in reports if r["max"] is not None) / 1e6
         if delivered else None,
         "loss": 1 - delivered / expected if expected else None,
-        "proxy_cpu_pct": 100 * (cpu_after - cpu_before) / opts.duration if proxy else None,
+        # Over every proxy of the mode (two in a chain); RSS is the larger one's.
+        "proxy_cpu_pct": 100 * (cpu_after - cpu_before) / opts.duration if proxies else None,
         "proxy_cpu_us_per_upstream_msg": 1e6 * (cpu_after - cpu_before) / max(1, sum(emitted))
-        if proxy else None,
-        "proxy_peak_rss_mib": rss / 1024 if proxy else None,
+        if proxies else None,
+        "proxy_peak_rss_mib": rss / 1024 if proxies else None,
     }
 
 
@@ -336,7 +346,9 @@ def main() -> None:
     parser.add_argument("--layout", choices=["disjoint", "identical"], default="disjoint")
     parser.add_argument("--encodings", choices=["msgpack", "json", "mixed"], default="msgpack")
     parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--mode", choices=["both", "direct", "proxy"], default="both")
+    parser.add_argument("--mode", choices=["both", "direct", "proxy", "chain", "levels"],
+                        default="both", help="both: direct and proxy; levels: direct, proxy"
+                        " and a 2-proxy chain, with the latency each level adds")
     parser.add_argument("--client-procs", type=int, default=0,
                         help="client processes (default: one per 50 clients, at most 4)")
     parser.add_argument("--search", action="store_true",
@@ -356,14 +368,20 @@ def main() -> None:
                 ceiling, rate = rate, rate * 1.5
             print("%s ceiling: %s msgs/s" % (mode, ceiling), flush=True)
         return
-    modes = ["direct", "proxy"] if opts.mode == "both" else [opts.mode]
+    modes = {"both": ["direct", "proxy"], "levels": ["direct", "proxy", "chain"]}.get(
+        opts.mode, [opts.mode])
     rows = [run_mode(opts, mode) for mode in modes]
     print(json.dumps({"parameters": vars(opts)}))
     print(table(rows))
-    if len(rows) == 2 and rows[0]["p99_ms"] and rows[1]["p99_ms"]:
+    if len(rows) >= 2 and rows[0]["p99_ms"] and rows[1]["p99_ms"]:
         print("proxy/direct: p99 x%.2f, p50 +%.3f ms, delivered x%.3f" % (
             rows[1]["p99_ms"] / rows[0]["p99_ms"], rows[1]["p50_ms"] - rows[0]["p50_ms"],
             rows[1]["delivered_per_s"] / rows[0]["delivered_per_s"]))
+    if len(rows) == 3 and all(row["p50_ms"] for row in rows):
+        print("per level added: p50 +%.3f ms (first proxy), +%.3f ms (second);"
+              " p99 +%.3f ms, +%.3f ms" % (
+                  rows[1]["p50_ms"] - rows[0]["p50_ms"], rows[2]["p50_ms"] - rows[1]["p50_ms"],
+                  rows[1]["p99_ms"] - rows[0]["p99_ms"], rows[2]["p99_ms"] - rows[1]["p99_ms"]))
 
 
 if __name__ == "__main__":
