@@ -40,6 +40,7 @@ from zope.interface import implementer
 from alpaca_proxy import __version__, codec, paths
 from alpaca_proxy.credentials import header_credentials
 from alpaca_proxy.timers import use_clock
+from alpaca_proxy.upstream import set_no_delay
 from alpaca_proxy.dialects.alpaca_data import (
     AUTHENTICATED, DIALECTS, WELCOME, Auth, Change, ProtocolError, error,
 )
@@ -204,6 +205,7 @@ class ClientProtocol(WebSocketServerProtocol):
                            path=self.endpoint.path, encoding=self.encoding.name)
             self.factory.clients.add(self)
             self.connected_at = self.factory.clock.seconds()
+            set_no_delay(self.transport)
             self._watch_backpressure()
             self._opened()
             self._deadline = self.factory.clock.callLater(

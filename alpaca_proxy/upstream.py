@@ -77,10 +77,30 @@ def load_ca_bundle(path: str) -> Any:
     return trustRootFromCertificates(certificates)
 
 
+def set_no_delay(transport: Any) -> None:
+    """Turn off Nagle's algorithm on a TCP transport, through a TLS layer if there is one."""
+    while transport is not None:
+        if hasattr(transport, "setTcpNoDelay"):
+            try:
+                transport.setTcpNoDelay(True)
+            except OSError:  # not a TCP socket
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
 class UpstreamProtocol(WebSocketClientProtocol):
     """Websocket events in, calls on the session out."""
 
     _log = Logger()
+
+    def connectionMade(self):
+        super().connectionMade()
+        # Autobahn sets TCP_NODELAY before it has copied the factory's options onto
+        # the protocol, so on client connections the attempt silently fails.  With
+        # Nagle's algorithm on, this socket's pings and requests and the peer's
+        # delayed ACKs hold upstream data back by 40 ms now and then.
+        set_no_delay(self.transport)
 
     def onOpen(self):
         self.factory.session.connected(self)

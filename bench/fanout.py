@@ -55,6 +55,13 @@ def generator(args) -> None:
     emitted = [0] * groups
 
     class Upstream(WebSocketServerProtocol):
+        def connectionMade(self):
+            super().connectionMade()
+            # Autobahn's own attempt runs before the factory's options reach the
+            # protocol and fails silently; with Nagle on, frames 5 ms apart on one
+            # connection wait for the reader's delayed ACK (40 ms) now and then.
+            self.transport.setTcpNoDelay(True)
+
         def onOpen(self):
             self.groups = set()
             self.sendMessage(msgpack.packb([{"T": "success", "msg": "connected"}]), True)
