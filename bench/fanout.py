@@ -364,8 +364,9 @@ def main() -> None:
     if not opts.client_procs:
         opts.client_procs = max(1, min(4, -(-opts.clients // 50)))
     if opts.search:
-        for mode in ("direct", "proxy"):
-            rate, ceiling = opts.rate, None
+        first_rate = opts.rate
+        for mode in ("direct", "proxy") if opts.mode == "both" else (opts.mode,):
+            rate, ceiling = first_rate, None
             while rate <= 400_000:
                 opts.rate = rate
                 row = run_mode(opts, mode)
