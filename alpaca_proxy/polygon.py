@@ -57,26 +57,13 @@ class PolygonSession(UpstreamSession):
 
     # -- frames ------------------------------------------------------------------
 
-    def received(self, payload: bytes, binary: bool = False) -> None:
-        try:
-            elements = codec.split_json_frame(payload)
-        except codec.DecodeError as failure:
-            self._log.warn("upstream {path} sent an undecodable frame: {error}",
-                           path=self.endpoint.path, error=str(failure))
-            return
-        data = []
-        for element in elements:
-            if element.message.get("ev") == "status":
-                self._status(element.message)
-            else:
-                data.append(element)
-        self.bytes_in += len(payload)
-        if data and self.state == "ready":
-            self._last_data = now = self.clock.seconds()
-            self.incoming.add(len(data), now)
-            self.publish(data)
+    def _split(self, payload: bytes) -> list[codec.Element]:
+        return codec.split_json_frame(payload)
 
-    def _status(self, message: dict) -> None:
+    def _is_control(self, message: dict) -> bool:
+        return message.get("ev") == "status"
+
+    def _control(self, message: dict) -> None:
         state = message.get("status")
         if state == "connected":
             self._send_auth()

@@ -18,10 +18,10 @@ from typing import Any, Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from alpaca_proxy.timers import use_clock
+from alpaca_proxy.watching import Watched
 
 MARKETS = ("stocks", "options", "forex", "crypto", "indices", "futures")
 
@@ -136,7 +136,7 @@ class FakePolygonProtocol(WebSocketServerProtocol):
         self.transport.abortConnection()
 
 
-class FakePolygonFactory(WebSocketServerFactory):
+class FakePolygonFactory(Watched, WebSocketServerFactory):
     """The fake server; its attributes are the switches tests flip."""
 
     protocol = FakePolygonProtocol
@@ -144,6 +144,7 @@ class FakePolygonFactory(WebSocketServerFactory):
     def __init__(self, keys: Iterable[str] | None = None, policy: str = "evict",
                  clock: Any = None) -> None:
         super().__init__()
+        self._watchers = []
         if clock is not None:
             use_clock(self, clock)
         #: Accepted API keys; None accepts any.
@@ -154,21 +155,6 @@ class FakePolygonFactory(WebSocketServerFactory):
         self.handshakes = 0
         self.connections: list[FakePolygonProtocol] = []
         self.received: list[tuple[str, Any]] = []
-        self._watchers: list[tuple[Any, Deferred]] = []
-
-    def when(self, predicate) -> Deferred:
-        """A Deferred that fires once ``predicate()`` holds, checked after every event."""
-        waiter: Deferred = Deferred()
-        self._watchers.append((predicate, waiter))
-        self.changed()
-        return waiter
-
-    def changed(self) -> None:
-        for entry in list(self._watchers):
-            predicate, waiter = entry
-            if predicate():
-                self._watchers.remove(entry)
-                waiter.callback(None)
 
     def authenticated(self, market: str | None = None) -> list[FakePolygonProtocol]:
         return [c for c in self.connections if c.key is not None and market in (None, c.market)]

@@ -22,13 +22,14 @@ import msgpack
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from alpaca_proxy.polygon_simulator import FakePolygonFactory, PolygonMarket
 from alpaca_proxy.timers import use_clock
+from alpaca_proxy.watching import Watched
 
 _PATHS = [
     ("trading", re.compile(r"/stream/?")),
@@ -234,7 +235,7 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
         self.transport.abortConnection()
 
 
-class FakeAlpacaFactory(WebSocketServerFactory):
+class FakeAlpacaFactory(Watched, WebSocketServerFactory):
     """The fake server; its attributes are the switches tests flip."""
 
     protocol = FakeAlpacaProtocol
@@ -243,6 +244,7 @@ class FakeAlpacaFactory(WebSocketServerFactory):
                  symbol_limit: int | None = None, market: "SimulatedMarket | None" = None,
                  record: bool = False, clock: Any = None):
         super().__init__()
+        self._watchers = []
         if clock is not None:
             use_clock(self, clock)
         self.setProtocolOptions(maxMessagePayloadSize=64 << 20, maxFramePayloadSize=64 << 20)
@@ -265,24 +267,8 @@ class FakeAlpacaFactory(WebSocketServerFactory):
         self.closed: list[FakeAlpacaProtocol] = []
         self.sessions: dict[tuple[str, str], FakeAlpacaProtocol] = {}
         self.received: list[tuple[str, Any]] = []
-        self._watchers: list[tuple[Any, Deferred]] = []
         if market is not None:
             market.server = self
-
-    def when(self, predicate) -> Deferred:
-        """A Deferred that fires once ``predicate()`` holds, checked after every event."""
-        waiter: Deferred = Deferred()
-        self._watchers.append((predicate, waiter))
-        self.changed()
-        return waiter
-
-    def changed(self) -> None:
-        """Something happened (a message, a connection opened or closed)."""
-        for entry in list(self._watchers):
-            predicate, waiter = entry
-            if predicate():
-                self._watchers.remove(entry)
-                waiter.callback(None)
 
     def authenticated(self, path: str | None = None) -> list["FakeAlpacaProtocol"]:
         """Authenticated sessions (on one path)."""

@@ -432,15 +432,14 @@ class UpstreamSession(BaseUpstreamSession):
     def received(self, payload: bytes, binary: bool = True) -> None:
         """One upstream frame: control messages are handled, data fanned out."""
         try:
-            elements = codec.split_frame(payload)
+            elements = self._split(payload)
         except codec.DecodeError as failure:
             self._log.warn("upstream {path} sent an undecodable frame: {error}",
                            path=self.endpoint.path, error=str(failure))
             return
         data = []
         for element in elements:
-            kind = element.message.get("T")
-            if kind in ("success", "error", "subscription"):
+            if self._is_control(element.message):
                 self._control(element.message)
             else:
                 data.append(element)
@@ -449,6 +448,15 @@ class UpstreamSession(BaseUpstreamSession):
             self._last_data = now = self.clock.seconds()
             self.incoming.add(len(data), now)
             self.publish(data)
+
+    # -- dialect hooks -----------------------------------------------------------
+
+    def _split(self, payload: bytes) -> list[codec.Element]:
+        """A frame's messages (Alpaca's upstream speaks MessagePack to the proxy)."""
+        return codec.split_frame(payload)
+
+    def _is_control(self, message: dict) -> bool:
+        return message.get("T") in ("success", "error", "subscription")
 
     # -- handshake -----------------------------------------------------------
 
