@@ -37,9 +37,8 @@ class PolygonSession(UpstreamSession):
 
     def __init__(self, endpoint: paths.Endpoint, credentials: Credentials, clock: Any,
                  rng: random.Random | None = None, health: Health = Health()) -> None:
-        market = endpoint.path.lstrip("/")
-        super().__init__(endpoint, credentials, polygon.DIALECTS[market], clock, rng, health)
-        self.market = market
+        dialect = polygon.DIALECTS[endpoint.path.lstrip("/")]
+        super().__init__(endpoint, credentials, dialect, clock, rng, health)
         #: What upstream acknowledged holding.
         self._have: set[tuple[str, str]] = set()
         #: Requests sent and not fully acknowledged: (action, keys unanswered, sent at).
@@ -98,14 +97,10 @@ class PolygonSession(UpstreamSession):
     # -- acknowledgements --------------------------------------------------------
 
     def _authenticated(self) -> None:
+        # A new connection holds nothing yet (as the router's upstream_ready assumes).
         self._have.clear()
         self._outstanding.clear()
         super()._authenticated()
-
-    def _lost(self) -> None:
-        self._have.clear()
-        self._outstanding.clear()
-        super()._lost()
 
     def send_change(self, action: str, keys: list[tuple[str, str]]) -> None:
         self._outstanding.append((action, set(keys), self.clock.seconds()))

@@ -13,15 +13,13 @@ from the protocol notes, so that a misreading in the proxy shows up in tests.
 from __future__ import annotations
 
 import json
-import random
 from typing import Any, Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.task import LoopingCall
 
 from alpaca_proxy.timers import use_clock
-from alpaca_proxy.watching import Watched
+from alpaca_proxy.fakes import TickingMarket, Watched
 
 MARKETS = ("stocks", "options", "forex", "crypto", "indices", "futures")
 
@@ -167,32 +165,14 @@ class FakePolygonFactory(Watched, WebSocketServerFactory):
                 connection.send(wanted)
 
 
-class PolygonMarket:
+class PolygonMarket(TickingMarket):
     """Seeded random-walk events for whatever the fake's connections subscribe to."""
 
     def __init__(self, clock: Any, server: FakePolygonFactory, seed: int = 1,
                  rate: float = 2.0) -> None:
-        self.clock = clock
+        super().__init__(clock, seed, rate)
         self.server = server
-        self.rate = rate
-        self._random = random.Random(seed)
-        self._prices: dict[str, float] = {}
         self._sequence = 0
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
-
-    def start(self) -> None:
-        self._loop.start(1.0 / self.rate, now=False)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    def _price(self, symbol: str) -> float:
-        price = self._prices.get(symbol) or self._random.uniform(20, 500)
-        price *= 1 + self._random.gauss(0, 0.0005)
-        self._prices[symbol] = price
-        return price
 
     def tick(self) -> None:
         now = int(self.clock.seconds() * 1000)

@@ -13,7 +13,6 @@ from the protocol notes, so that a misreading in the proxy shows up in tests.
 from __future__ import annotations
 
 import json
-import random
 import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -24,12 +23,11 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from alpaca_proxy.polygon_simulator import FakePolygonFactory, PolygonMarket
 from alpaca_proxy.timers import use_clock
-from alpaca_proxy.watching import Watched
+from alpaca_proxy.fakes import TickingMarket, Watched
 
 _PATHS = [
     ("trading", re.compile(r"/stream/?")),
@@ -289,15 +287,12 @@ class FakeAlpacaFactory(Watched, WebSocketServerFactory):
                 connection.sendMessage(payload, isBinary=binary)
 
 
-class SimulatedMarket:
+class SimulatedMarket(TickingMarket):
     """Seeded random-walk trades and quotes, with bars built from the trades."""
 
     def __init__(self, clock, seed: int = 1, rate: float = 2.0):
-        self.clock = clock
-        self.rate = rate
+        super().__init__(clock, seed, rate)
         self.server: FakeAlpacaFactory | None = None
-        self._random = random.Random(seed)
-        self._prices: dict[str, float] = {}
         #: kind -> symbol -> running bar
         self._minute: dict[str, dict[str, dict[str, float]]] = {}
         self._day: dict[str, dict[str, dict[str, float]]] = {}
@@ -305,23 +300,9 @@ class SimulatedMarket:
         self._trade_id = 0
         self._news_id = 0
         self._ticks = 0
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
 
-    def start(self) -> None:
-        self._loop.start(1.0 / self.rate, now=False)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    def _price(self, symbol: str) -> float:
-        price = self._prices.get(symbol)
-        if price is None:
-            price = _START_PRICES.get(symbol, self._random.uniform(20, 500))
-        price *= 1 + self._random.gauss(0, 0.0005)
-        self._prices[symbol] = price
-        return price
+    def _start_price(self, symbol: str) -> float:
+        return _START_PRICES.get(symbol, self._random.uniform(20, 500))
 
     def _symbols(self, kind: str, connections: list, channels: Iterable[str]) -> list[str]:
         found: dict[str, None] = {}

@@ -177,17 +177,23 @@ class SimulatedServiceTests(TestCase):
     timeout = 20
 
     @defer.inlineCallbacks
-    def test_simulated_market_through_the_real_upstream_path(self):
-        """--simulate: a client gets simulated trades for its symbol via a real upstream socket."""
+    def simulated(self, environ):
+        """The whole service tree on the simulated market, a fast one; fires (tree, port)."""
         from twisted.internet import reactor
 
-        options = Options(environ={})
+        options = Options(environ=environ)
         options.parseOptions(["--simulate", "--sim-rate", "50", "--listen",
                               "tcp:0:interface=127.0.0.1"])
         tree = makeService(options, reactor)
         yield tree.startService()
         self.addCleanup(tree.stopService)
         port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        return tree, port
+
+    @defer.inlineCallbacks
+    def test_simulated_market_through_the_real_upstream_path(self):
+        """--simulate: a client gets simulated trades for its symbol via a real upstream socket."""
+        tree, port = yield self.simulated({})
         client = yield connect(port, "/v2/iex")
         self.addCleanup(lambda: client.sendClose() or client.closed)
         yield client.next()
@@ -206,15 +212,7 @@ class SimulatedServiceTests(TestCase):
     @defer.inlineCallbacks
     def test_simulated_polygon_market(self):
         """--simulate with USE_POLYGON: Polygon's protocol at / and on /{market}."""
-        from twisted.internet import reactor
-
-        options = Options(environ={"USE_POLYGON": "true"})
-        options.parseOptions(["--simulate", "--sim-rate", "50", "--listen",
-                              "tcp:0:interface=127.0.0.1"])
-        tree = makeService(options, reactor)
-        yield tree.startService()
-        self.addCleanup(tree.stopService)
-        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        _, port = yield self.simulated({"USE_POLYGON": "true"})
         for path, params, wanted in (("/", "T.AAPL", {("T", "AAPL")}),
                                      ("/crypto", "XQ.*", {("XQ", "BTC-USD"), ("XQ", "ETH-USD")})):
             client = yield connect(port, path)
