@@ -38,7 +38,7 @@ class ProxyCollector(Collector):
                                           "Channel/symbol pairs subscribed upstream",
                                           labels=_SESSION)
         for session in self._pool.sessions:
-            labels = [session.endpoint.path, session.credentials.key]
+            labels = [session.stream.path, session.credentials.key]
             up.add_metric(labels, 1 if session.state == "ready" else 0)
             reconnects.add_metric(labels, session.reconnects)
             messages_in.add_metric(labels, session.incoming.total)
@@ -53,7 +53,7 @@ class ProxyCollector(Collector):
                                     labels=["endpoint"])
         by_endpoint: dict[str, int] = {}
         for client in list(self._clients):
-            path = client.endpoint.path if client.endpoint else "?"
+            path = client.stream.path if client.stream else "?"
             by_endpoint[path] = by_endpoint.get(path, 0) + 1
         for path, count in sorted(by_endpoint.items()):
             clients.add_metric([path], count)

@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.polygon import credentials_for
-from alpaca_proxy.upstream import load_ca_bundle
+from alpaca_proxy.net import load_ca_bundle
 
 #: option name -> environment variable
 ENVIRONMENT = {

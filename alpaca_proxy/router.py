@@ -1,10 +1,9 @@
 """Subscriptions of many clients over one upstream session, and data fan-out.
 
-Pure: no reactor, no sockets.  Clients and the upstream link are duck-typed
-objects the router calls back:
-
-- a client has ``acknowledge(state)`` and ``refuse(code)``;
-- the link has ``send_change(action, keys)``.
+Pure: no reactor, no sockets.  Clients are ``interfaces.IClient`` providers,
+answered through ``fanout`` (``acknowledge``, ``refuse``); the upstream side is
+any object with ``send_change(action, keys)`` (the session, which passes it to
+its link), given with ``upstream_ready``.
 
 Bookkeeping, in short:
 
@@ -29,27 +28,8 @@ from typing import Any, Hashable, Iterable, Iterator, Sequence
 
 from attrs import define, field
 
-from alpaca_proxy.dialects.alpaca_data import WILDCARD, Change, State
-
-Key = tuple[str, str]
-
-
-def keys_of(state: State) -> set[Key]:
-    """Every (channel, symbol) pair of a state."""
-    return {(channel, symbol) for channel, symbols in state.items() for symbol in symbols}
-
-
-def applied(state: State, change: Change) -> State:
-    """A new state: ``subscribe`` adds the change's symbols, ``unsubscribe`` removes them."""
-    result = {channel: dict(symbols) for channel, symbols in state.items()}
-    for channel, symbols in change.channels.items():
-        current = result.setdefault(channel, {})
-        if change.action == "subscribe":
-            current.update(dict.fromkeys(symbols))
-        else:
-            for symbol in symbols:
-                current.pop(symbol, None)
-    return {channel: symbols for channel, symbols in result.items() if symbols}
+from alpaca_proxy import fanout
+from alpaca_proxy.subscriptions import WILDCARD, Change, Key, State, applied, keys_of
 
 
 @define
@@ -153,7 +133,7 @@ class Router:
         self._reindex(client, book.confirmed, state)
         book.confirmed = state
         book.pending = None
-        client.acknowledge(state)
+        fanout.acknowledge(client, state)
         if held and self._on_join is not None:
             self._on_join(client, held)
         self._next(client, book)
@@ -164,7 +144,7 @@ class Router:
         self._count(pending_keys - confirmed_keys, -1)
         self._count(confirmed_keys - pending_keys, +1)
         book.pending = None
-        client.refuse(code)
+        fanout.refuse(client, code)
         self._next(client, book)
 
     def _next(self, client: Any, book: _Book) -> None:

@@ -1,34 +1,128 @@
-"""The twistd service tree: ``makeService`` is the only place the global reactor is used."""
+"""The object graph, built once: ``build`` for twistd and the tests alike.
+
+``makeService`` is the only place the global reactor is used: it reads the
+options, starts the simulator with ``--simulate``, and hangs the pool and the
+listener built by ``build`` under one ``MultiService``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
+from attrs import field, frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 
-from alpaca_proxy.downstream import DownstreamFactory, Limits
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
+from alpaca_proxy.downstream.alpaca_trading import TradingProtocol
+from alpaca_proxy.downstream.client import ClientFactory
+from alpaca_proxy.downstream.polygon import PolygonProtocol
 from alpaca_proxy.options import Options
-from alpaca_proxy.polygon import PolygonProtocol
-from alpaca_proxy.pool import UpstreamPool
-from alpaca_proxy.simulator import SimulatorService
-from alpaca_proxy.stats import ProxyStats
-from alpaca_proxy.trading import TradingProtocol
-from alpaca_proxy.upstream import Health
+from alpaca_proxy.proxy import DEFAULT_HEALTH_GRACE, Limits, Proxy
+from alpaca_proxy.simulator.service import SimulatorService
+from alpaca_proxy.upstream.link import Liveness
+from alpaca_proxy.upstream.pool import UpstreamPool
 from alpaca_proxy.web import StreamSite
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "Settings", "build", "makeService"]
 
-_log = Logger()
+
+@frozen
+class Settings:
+    """Everything ``build`` needs; ``from_options`` reads it off the command line.
+
+    Upstream URLs are functions: the simulator's ports are known only once it
+    listens, after the graph is built.
+    """
+
+    data_url: Callable[[], str]
+    trading_url: Callable[[], str]
+    polygon_url: Callable[[], str]
+    #: key -> the only pair accepted for it; None: clients bring their own.
+    accounts: Mapping[str, Credentials] | None = None
+    polygon_accounts: Mapping[str, Credentials] | None = None
+    #: Seconds an upstream session without clients stays open.
+    linger: float = 30.0
+    liveness: Liveness = Liveness()
+    #: CAs upstream TLS certificates must chain to (None: the platform's).
+    trust_root: Any = None
+    limits: Limits = Limits()
+    default_feed: str = "iex"
+    polygon_root: str | None = None
+    auth_timeout: float = 10.0
+    origins: frozenset[str] = field(default=frozenset(), converter=frozenset)
+    health_grace: float = DEFAULT_HEALTH_GRACE
+
+    @classmethod
+    def from_options(cls, options: Options, data_url: Callable[[], str],
+                     trading_url: Callable[[], str],
+                     polygon_url: Callable[[], str]) -> "Settings":
+        return cls(
+            data_url=data_url, trading_url=trading_url, polygon_url=polygon_url,
+            accounts=options["accounts"], polygon_accounts=options["polygon-accounts"],
+            linger=options["linger"],
+            liveness=Liveness(ping_interval=options["ping-interval"],
+                              ping_timeout=options["ping-timeout"],
+                              silence_timeout=options["silence-timeout"]),
+            trust_root=options["trust-root"],
+            limits=Limits(buffer_bytes=options["client-buffer"],
+                          symbols_per_request=options["max-request-symbols"],
+                          symbols_per_client=options["max-symbols"],
+                          messages_per_second=options["max-rate"],
+                          clients=options["max-clients"]),
+            default_feed=options["feed"],
+            polygon_root="stocks" if options["use-polygon"] else None,
+            auth_timeout=options["auth-timeout"], origins=options["origins"],
+            health_grace=options["health-grace"],
+        )
+
+
+@frozen
+class Built:
+    """The proxy's shared state and the web site that serves it."""
+
+    proxy: Proxy
+    site: StreamSite
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.proxy.pool
+
+
+def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
+    """The pool, the shared ``Proxy`` state, the client factories and the site.
+
+    ``reactor`` makes connections; ``clock`` runs timers (the reactor unless a
+    test gives a ``Clock``).  Nothing is started: the caller owns the pool's
+    service and the listening port.
+    """
+    clock = reactor if clock is None else clock
+    pool = UpstreamPool(reactor, settings.data_url, accounts=settings.accounts,
+                        trading_url=settings.trading_url, linger=settings.linger, clock=clock,
+                        liveness=settings.liveness, trust_root=settings.trust_root,
+                        polygon_url=settings.polygon_url,
+                        polygon_accounts=settings.polygon_accounts)
+    proxy = Proxy(clock=clock, pool=pool, limits=settings.limits,
+                  default_feed=settings.default_feed, polygon_root=settings.polygon_root,
+                  auth_timeout=settings.auth_timeout, origins=settings.origins,
+                  health_grace=settings.health_grace)
+    site = StreamSite(proxy, data=ClientFactory(proxy, AlpacaDataProtocol),
+                      trading=ClientFactory(proxy, TradingProtocol),
+                      polygon=ClientFactory(proxy, PolygonProtocol))
+    return Built(proxy, site)
 
 
 class ListenerService(StreamServerEndpointService):
     """The local listener; on stop, every client gets a 1001 "going away" close first."""
 
+    def __init__(self, endpoint: Any, site: StreamSite) -> None:
+        super().__init__(endpoint, site)
+        self._raiseSynchronously = True  # a port that cannot be bound fails startup
+
     def stopService(self):
-        self.factory.close_all(1001, "alpaca-proxy shutting down")  # the StreamSite
+        self.factory.proxy.close_all(1001, "alpaca-proxy shutting down")
         return super().stopService()
 
 
@@ -43,53 +137,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         simulator = SimulatorService(reactor, rate=options["sim-rate"])
         simulator.setName("simulator")
         simulator.setServiceParent(top)
-
-        def data_url() -> str:
-            assert simulator.url is not None, "simulator not listening yet"
-            return simulator.url
-
-        def trading_url() -> str:
-            return data_url()
-
-        def polygon_url() -> str:
-            assert simulator.polygon_url is not None, "simulator not listening yet"
-            return simulator.polygon_url
+        urls = (simulator.data_url, simulator.data_url, simulator.polygon_cluster_url)
     else:
-        def data_url() -> str:
-            return options["data-url"]
-
-        def trading_url() -> str:
-            return options["trading-url"]
-
-        def polygon_url() -> str:
-            return options["polygon-url"]
-
-    health = Health(ping_interval=options["ping-interval"], ping_timeout=options["ping-timeout"],
-                    silence_timeout=options["silence-timeout"])
-    pool = UpstreamPool(reactor, data_url, accounts=options["accounts"],
-                        linger=options["linger"], trading_url=trading_url, health=health,
-                        trust_root=options["trust-root"], polygon_url=polygon_url,
-                        polygon_accounts=options["polygon-accounts"])
-    pool.setName("upstreams")
-    pool.setServiceParent(top)
-    limits = Limits(buffer_bytes=options["client-buffer"],
-                    symbols_per_request=options["max-request-symbols"],
-                    symbols_per_client=options["max-symbols"],
-                    messages_per_second=options["max-rate"], clients=options["max-clients"])
-    settings = dict(default_feed=options["feed"], auth_timeout=options["auth-timeout"],
-                    limits=limits, clients=set(), origins=options["origins"],
-                    stats=ProxyStats())
-    data = DownstreamFactory(pool, reactor, **settings)
-    trading = DownstreamFactory(pool, reactor, protocol=TradingProtocol, **settings)
-    polygon = DownstreamFactory(pool, reactor, protocol=PolygonProtocol,
-                                polygon_root="stocks" if options["use-polygon"] else None,
-                                **settings)
-    site = StreamSite(data, trading, health_grace=options["health-grace"],
-                      polygon_factory=polygon)
-    listener = ListenerService(serverFromString(reactor, options["listen"]), site)
-    listener._raiseSynchronously = True  # a port that cannot be bound fails startup
+        urls = (lambda: options["data-url"], lambda: options["trading-url"],
+                lambda: options["polygon-url"])
+    built = build(Settings.from_options(options, *urls), reactor)
+    built.pool.setName("upstreams")
+    built.pool.setServiceParent(top)
+    listener = ListenerService(serverFromString(reactor, options["listen"]), built.site)
     listener.setName("listener")
     listener.setServiceParent(top)
-    top.site = site  # type: ignore[attr-defined]
-    top.pool = pool  # type: ignore[attr-defined]
+    top.site = built.site  # type: ignore[attr-defined]
+    top.pool = built.pool  # type: ignore[attr-defined]
     return top

@@ -8,15 +8,13 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from alpaca_proxy import __version__
-
-#: An endpoint with clients but no upstream for longer than this is unhealthy.
-DEFAULT_HEALTH_GRACE = 60.0
+from alpaca_proxy.proxy import DEFAULT_HEALTH_GRACE
 
 
 def _session(session: Any, now: float) -> dict[str, Any]:
     return {
-        "endpoint": session.endpoint.path,
-        "kind": session.endpoint.kind,
+        "endpoint": session.stream.path,
+        "kind": session.stream.kind,
         "account": session.credentials.key,
         "state": session.state,
         "connected_since": session.ready_since,
@@ -35,7 +33,7 @@ def _client(client: Any, now: float) -> dict[str, Any]:
     subscriptions = session.subscriptions_of(client) if session is not None else 0
     return {
         "peer": client.peer_name,
-        "path": client.endpoint.path if client.endpoint else None,
+        "path": client.stream.path if client.stream else None,
         "encoding": client.encoding.name,
         "account": session.credentials.key if session is not None else None,
         "authenticated": session is not None,

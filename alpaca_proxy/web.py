@@ -18,11 +18,10 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from alpaca_proxy import paths
+from alpaca_proxy import streams
 from alpaca_proxy.codec import to_json
 from alpaca_proxy.metrics import registry_for
-from alpaca_proxy.status import DEFAULT_HEALTH_GRACE, healthy, snapshot
-from alpaca_proxy.trading import is_trading_path
+from alpaca_proxy.status import healthy, snapshot
 
 
 _PAGE = resources.files("alpaca_proxy").joinpath("status.html").read_bytes()
@@ -33,22 +32,13 @@ class StreamsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, data_factory: Any, trading_factory: Any,
-                 health_grace: float = DEFAULT_HEALTH_GRACE,
-                 polygon_factory: Any = None) -> None:
+    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any) -> None:
         super().__init__()
-        self._data = WebSocketResource(data_factory)
-        self._trading = WebSocketResource(trading_factory)
-        self._polygon = WebSocketResource(polygon_factory) if polygon_factory else None
-        #: The Polygon market served at "/" instead of Alpaca's stocks, if any.
-        self._polygon_root = polygon_factory.polygon_root if polygon_factory else None
-        self._default_feed = data_factory.default_feed
-        self._pool = data_factory.pool
-        self._clock = data_factory.clock
-        self._clients = data_factory.clients
-        self._stats = data_factory.stats
-        self._health_grace = health_grace
-        self._metrics = MetricsResource(registry_for(self._pool, self._clients, self._stats))
+        self._proxy = proxy
+        self._data = WebSocketResource(data)
+        self._trading = WebSocketResource(trading)
+        self._polygon = WebSocketResource(polygon)
+        self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats))
 
     def render(self, request: Any) -> bytes:
         path = request.path.decode("latin-1")
@@ -71,11 +61,11 @@ class StreamsResource(Resource):
 
     def _resource_for(self, path: str) -> Any:
         """The websocket resource serving a path, or None."""
-        if is_trading_path(path):
+        if streams.resolve_trading(path) is not None:
             return self._trading
-        if self._polygon is not None and paths.resolve_polygon(path, self._polygon_root):
+        if streams.resolve_polygon(path, self._proxy.polygon_root) is not None:
             return self._polygon
-        if paths.resolve(path, self._default_feed) is not None:
+        if streams.resolve(path, self._proxy.default_feed) is not None:
             return self._data
         return None
 
@@ -85,13 +75,14 @@ class StreamsResource(Resource):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             return _PAGE
         if path == "/status.json":
-            now = self._clock.seconds()
-            body = snapshot(self._pool, self._clients, self._stats, now)
+            proxy = self._proxy
+            body = snapshot(proxy.pool, proxy.clients, proxy.stats, proxy.clock.seconds())
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return to_json(body)
         if path == "/healthz":
-            ok = healthy(self._pool.sessions, self._clock.seconds(), self._health_grace)
+            proxy = self._proxy
+            ok = healthy(proxy.pool.sessions, proxy.clock.seconds(), proxy.health_grace)
             request.setResponseCode(200 if ok else 503)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"ok\n" if ok else b"upstream down\n"
@@ -101,15 +92,8 @@ class StreamsResource(Resource):
 
 
 class StreamSite(Site):
-    """The site, knowing its websocket factories so it can close their clients."""
+    """The site, knowing the proxy whose clients it serves."""
 
-    def __init__(self, data_factory: Any, trading_factory: Any,
-                 health_grace: float = DEFAULT_HEALTH_GRACE,
-                 polygon_factory: Any = None) -> None:
-        super().__init__(StreamsResource(data_factory, trading_factory, health_grace,
-                                         polygon_factory))
-        self.factories = tuple(f for f in (data_factory, trading_factory, polygon_factory) if f)
-
-    def close_all(self, code: int, reason: str) -> None:
-        for factory in self.factories:
-            factory.close_all(code, reason)
+    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any) -> None:
+        super().__init__(StreamsResource(proxy, data, trading, polygon))
+        self.proxy = proxy

@@ -35,7 +35,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import LoopingCall, deferLater
 
-from alpaca_proxy.simulator import UNIVERSE, FakeAlpacaFactory, SimulatedMarket
+from alpaca_proxy.simulator.alpaca import UNIVERSE, FakeAlpacaFactory, SimulatedMarket
 from fanout import memory_kib  # the scripts' folder is on sys.path
 
 SYMBOLS = UNIVERSE["stocks"] + ["IBM", "ORCL", "INTC", "CSCO", "NFLX", "DIS", "KO", "PEP"]

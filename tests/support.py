@@ -19,16 +19,12 @@ from twisted.internet.task import Clock, deferLater
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.polygon import credentials_for
-from alpaca_proxy.polygon import PolygonProtocol
-from alpaca_proxy.polygon_simulator import FakePolygonFactory
-from alpaca_proxy.downstream import DownstreamFactory, Limits
-from alpaca_proxy.pool import UpstreamPool
-from alpaca_proxy.simulator import FakeAlpacaFactory
-from alpaca_proxy.stats import ProxyStats
+from alpaca_proxy.net import load_ca_bundle
+from alpaca_proxy.proxy import Limits
+from alpaca_proxy.service import Settings, build
+from alpaca_proxy.simulator.alpaca import FakeAlpacaFactory
+from alpaca_proxy.simulator.polygon import FakePolygonFactory
 from alpaca_proxy.timers import use_clock
-from alpaca_proxy.trading import TradingProtocol
-from alpaca_proxy.upstream import load_ca_bundle
-from alpaca_proxy.web import StreamSite
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
 #: A Polygon API key (the key is the secret there).
@@ -123,7 +119,7 @@ class Harness:
 
     def __init__(self, testcase, configured: bool = True, linger: float = 30.0,
                  symbol_limit: int | None = None, accounts: dict | None = None,
-                 tls: bool = False, health=None, limits=None,
+                 tls: bool = False, liveness=None, limits=None,
                  upstream_tls: str | None = None, trust_upstream: bool = True,
                  upstream_url: str | None = None, polygon_configured: bool = True,
                  polygon_keys: set | None = None, polygon_root: str | None = None):
@@ -137,7 +133,7 @@ class Harness:
         self._configured = configured or None
         self._linger = linger
         self._tls = tls
-        self._health = health
+        self._liveness = liveness
         self._limits = limits or Limits()
         #: With a host name: upstream speaks TLS with a certificate for "localhost",
         #: and the proxy dials wss://{upstream_tls}, trusting that CA if asked to.
@@ -168,20 +164,15 @@ class Harness:
         self.polygon_port = yield serverFromString(
             reactor, "tcp:0:interface=127.0.0.1").listen(self.polygon)
         polygon_url = "ws://127.0.0.1:%d" % (self.polygon_port.getHost().port,)
-        self.pool = UpstreamPool(reactor, lambda: url, accounts=self._configured,
-                                 linger=self._linger, clock=self.clock, trust_root=trust_root,
-                                 polygon_url=lambda: polygon_url,
-                                 polygon_accounts=self._polygon_accounts,
-                                 **({"health": self._health} if self._health else {}))
+        settings = Settings(
+            data_url=lambda: url, trading_url=lambda: url, polygon_url=lambda: polygon_url,
+            accounts=self._configured, polygon_accounts=self._polygon_accounts,
+            linger=self._linger, trust_root=trust_root, limits=self._limits,
+            polygon_root=self._polygon_root,
+            **({"liveness": self._liveness} if self._liveness else {}))
+        built = build(settings, reactor, clock=self.clock)
+        self.proxy, self.site, self.pool = built.proxy, built.site, built.pool
         self.pool.startService()
-        shared = dict(limits=self._limits, clients=set(), stats=ProxyStats())
-        self.factory = DownstreamFactory(self.pool, self.clock, default_feed="iex", **shared)
-        self.trading_factory = DownstreamFactory(self.pool, self.clock, protocol=TradingProtocol,
-                                                 **shared)
-        self.polygon_factory = DownstreamFactory(self.pool, self.clock, protocol=PolygonProtocol,
-                                                 polygon_root=self._polygon_root, **shared)
-        self.site = StreamSite(self.factory, self.trading_factory,
-                               polygon_factory=self.polygon_factory)
         listen = "tcp:0:interface=127.0.0.1"
         if self._tls:
             listen = self._tls_listen()

@@ -2,9 +2,10 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from alpaca_proxy import paths
+from alpaca_proxy import streams
 from alpaca_proxy.credentials import Credentials, header_credentials
-from alpaca_proxy.dialects.alpaca_data import DIALECTS, Auth, Change, ProtocolError, error
+from alpaca_proxy.dialects.alpaca_data import DIALECTS, Auth, ProtocolError, error
+from alpaca_proxy.subscriptions import Change
 
 STOCKS, CRYPTO, OPTIONS, NEWS = (DIALECTS[k] for k in ("stocks", "crypto", "options", "news"))
 
@@ -113,12 +114,12 @@ class PathTests(SynchronousTestCase):
             "/indicative": ("options", "/v1beta1/indicative"),
         }
         for path, (kind, upstream) in cases.items():
-            self.assertEqual(paths.resolve(path, "iex"), paths.Endpoint(kind, upstream), path)
+            self.assertEqual(streams.resolve(path, "iex"), streams.Stream(kind, upstream), path)
 
     def test_unknown_paths(self):
         """Unknown paths resolve to nothing."""
         for path in ["/v3/iex", "/favicon.ico", "/v2/", "/v2/a/b"]:
-            self.assertIsNone(paths.resolve(path, "iex"), path)
+            self.assertIsNone(streams.resolve(path, "iex"), path)
 
 
 class CredentialTests(SynchronousTestCase):

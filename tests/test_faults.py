@@ -4,7 +4,7 @@ import msgpack
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from alpaca_proxy.downstream import Limits
+from alpaca_proxy.proxy import Limits
 from tests.support import Harness, logged, turn
 
 
@@ -39,7 +39,7 @@ class SlowClientTests(TestCase):
         self.assertGreater(event["queued"], 256 << 10)
         slow.transport.resumeProducing()
         yield slow.closed
-        self.assertNotIn(slow, [c for c in harness.factory.clients])
+        self.assertNotIn(slow, [c for c in harness.proxy.clients])
         self.assertEqual(harness.upstream.handshakes, 1)
         self.assertEqual(len(harness.pool.sessions[0].router), 1)
 
@@ -101,7 +101,7 @@ class OriginTests(TestCase):
         with self.assertRaises(ConnectionError):
             yield harness.connect(headers={"Origin": "https://evil.example"})
         yield harness.connect()
-        harness.factory.origins = frozenset({"http://localhost:3000"})
+        harness.proxy.origins = frozenset({"http://localhost:3000"})
         client = yield harness.connect(headers={"Origin": "http://localhost:3000"})
         self.assertEqual((yield client.next()), [{"T": "success", "msg": "connected"}])
         with self.assertRaises(ConnectionError):

@@ -88,9 +88,11 @@ from twisted.logger import Logger  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
 from alpaca_proxy.credentials import Credentials  # noqa: E402
-from alpaca_proxy.downstream import DownstreamFactory  # noqa: E402
-from alpaca_proxy.paths import STOCKS, Endpoint  # noqa: E402
-from alpaca_proxy.upstream import UpstreamSession  # noqa: E402
+from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol  # noqa: E402
+from alpaca_proxy.downstream.client import ClientFactory  # noqa: E402
+from alpaca_proxy.proxy import Proxy  # noqa: E402
+from alpaca_proxy.streams import STOCKS, Stream  # noqa: E402
+from alpaca_proxy.upstream.session import DataSession  # noqa: E402
 
 _log = Logger()
 UPGRADE = (b"GET /v2/iex HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -126,13 +128,28 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+class AcceptingLink:
+    """An upstream link that takes every change at once, as a lenient upstream would."""
+
+    def __init__(self):
+        self.session = None
+        self.held = set()
+
+    def send_change(self, action, keys):
+        if action == "subscribe":
+            self.held.update(keys)
+        else:
+            self.held.difference_update(keys)
+        self.session.acked(set(self.held))
+
+
 class StubPool:
     """Every client authenticates into one upstream session that never connects."""
 
     def __init__(self, session):
         self.session = session
 
-    def authenticate(self, endpoint, credentials):
+    def authenticate(self, stream, credentials):
         return succeed(self.session)
 
     def join(self, session, client):
@@ -169,9 +186,13 @@ class HandlerFuzzTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.session = UpstreamSession(Endpoint(STOCKS, "/v2/iex"), Credentials("k", "s"),
-                                       DIALECTS[STOCKS], self.clock)
-        self.factory = DownstreamFactory(StubPool(self.session), self.clock)
+        self.session = DataSession(Stream(STOCKS, "/v2/iex"), Credentials("k", "s"),
+                                   self.clock, DIALECTS[STOCKS])
+        self.session.link = AcceptingLink()
+        self.session.link.session = self.session
+        self.session.link_ready()
+        self.factory = ClientFactory(Proxy(self.clock, StubPool(self.session)),
+                                     AlpacaDataProtocol)
         self.good, self.good_transport = self.open(msgpack_encoding=True)
         self.send(self.good, {"action": "auth", "key": "k", "secret": "s"})
         self.send(self.good, {"action": "subscribe", "trades": ["AAPL"]})
@@ -196,7 +217,7 @@ class HandlerFuzzTests(SynchronousTestCase):
     def good_still_served(self):
         """The well-behaved client's state is intact and it gets its data."""
         self.assertEqual(self.session.router.state(self.good), {"trades": {"AAPL": None}})
-        self.session.publish([codec.Element.of({"T": "t", "S": "AAPL", "p": 1.0})])
+        self.session.received([codec.Element.of({"T": "t", "S": "AAPL", "p": 1.0})], 0)
         [(opcode, payload)] = server_frames(self.good_transport.value())
         self.assertEqual(msgpack.unpackb(payload)[0]["S"], "AAPL")
         self.good_transport.clear()

@@ -8,7 +8,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from alpaca_proxy.upstream import ACK_DEADLINE
+from alpaca_proxy.upstream.session import ACK_DEADLINE
 from tests.support import POLYGON_KEY, Harness, RecordingClient, logged, turn
 
 
@@ -188,7 +188,7 @@ class PolygonProxyTests(TestCase):
         self.assertEqual(client.state, client.STATE_OPEN)
         h.polygon.inject([trade("MSFT", 9.0)])
         self.assertEqual((yield client.next()), [trade("MSFT", 9.0)])
-        self.assertGreaterEqual(session.retry_delay(1), 1.0)  # evicted once: backs off more
+        self.assertGreaterEqual(session.link.retry_delay(1), 1.0)  # evicted once: backs off more
 
     @defer.inlineCallbacks
     def test_refused_while_another_holds_the_slot(self):
@@ -205,7 +205,7 @@ class PolygonProxyTests(TestCase):
         yield client.next()
         client.send({"action": "auth", "params": POLYGON_KEY})
         yield refused
-        from alpaca_proxy.pool import VERDICT_WAIT
+        from alpaca_proxy.upstream.pool import VERDICT_WAIT
         h.clock.advance(VERDICT_WAIT)
         self.assertEqual((yield client.next())[0]["status"], "auth_success")
         client.send({"action": "subscribe", "params": "T.MSFT"})

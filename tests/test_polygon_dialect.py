@@ -1,10 +1,10 @@
-"""Polygon's protocol as pure translation: requests, acknowledgements, routing, paths."""
+"""Polygon's protocol as pure translation: requests, acknowledgements, routing, streams."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from alpaca_proxy import paths
+from alpaca_proxy import streams
 from alpaca_proxy.dialects import polygon
-from alpaca_proxy.dialects.alpaca_data import Change
+from alpaca_proxy.subscriptions import Change
 
 
 class ParseTests(SynchronousTestCase):
@@ -101,12 +101,12 @@ class RoutingTests(SynchronousTestCase):
 class PathTests(SynchronousTestCase):
     def test_markets(self):
         for market in ("stocks", "options", "forex", "crypto", "indices", "futures/cme"):
-            self.assertEqual(paths.resolve_polygon("/" + market + "/?x=1"),
-                             paths.Endpoint(paths.POLYGON, "/" + market))
-        self.assertIsNone(paths.resolve_polygon("/v2/iex"))
-        self.assertIsNone(paths.resolve_polygon("/bonds"))
+            self.assertEqual(streams.resolve_polygon("/" + market + "/?x=1"),
+                             streams.Stream(streams.POLYGON, "/" + market))
+        self.assertIsNone(streams.resolve_polygon("/v2/iex"))
+        self.assertIsNone(streams.resolve_polygon("/bonds"))
 
     def test_root_only_in_polygon_mode(self):
-        self.assertIsNone(paths.resolve_polygon("/"))
-        self.assertEqual(paths.resolve_polygon("/", "stocks"),
-                         paths.Endpoint(paths.POLYGON, "/stocks"))
+        self.assertIsNone(streams.resolve_polygon("/"))
+        self.assertEqual(streams.resolve_polygon("/", "stocks"),
+                         streams.Stream(streams.POLYGON, "/stocks"))

@@ -2,8 +2,8 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from alpaca_proxy.dialects.alpaca_data import Change
-from alpaca_proxy.router import Router, applied, keys_of
+from alpaca_proxy.router import Router
+from alpaca_proxy.subscriptions import Change, applied, keys_of
 
 
 class FakeClient:

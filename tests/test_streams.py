@@ -7,8 +7,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from alpaca_proxy.books import OrderBooks
-from alpaca_proxy.dialects.alpaca_data import Change
 from alpaca_proxy.router import Router
+from alpaca_proxy.subscriptions import Change
 from tests.support import Harness
 
 T0 = msgpack.Timestamp(1714658587, 5000)
@@ -224,7 +224,7 @@ class WireRulesTests(TestCase):
                 client.send({"action": "subscribe", channel: ["bad symbol!"]})
                 self.assertEqual((yield client.next()),
                                  [{"T": "error", "code": 400, "msg": "invalid syntax"}])
-                harness.upstream.inject([data], path=harness.pool.sessions[-1].endpoint.path)
+                harness.upstream.inject([data], path=harness.pool.sessions[-1].stream.path)
                 [got] = yield client.next()
                 self.assertEqual(got["T"], data["T"])
                 self.assertEqual(client.binary_flags[-1], use_msgpack)

@@ -5,7 +5,7 @@ import random
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from alpaca_proxy.upstream import backoff
+from alpaca_proxy.upstream.link import backoff
 from tests.support import KEY, Harness, logged, turn
 
 
@@ -129,9 +129,9 @@ class HealthTests(TestCase):
     timeout = 30
 
     def start(self, **health):
-        from alpaca_proxy.upstream import Health
+        from alpaca_proxy.upstream.link import Liveness
 
-        return subscribed(self, health=Health(**health))
+        return subscribed(self, liveness=Liveness(**health))
 
     @defer.inlineCallbacks
     def replayed(self):

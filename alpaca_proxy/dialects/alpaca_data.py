@@ -1,6 +1,6 @@
 """Alpaca's market-data stream protocol, as pure translation.
 
-Client messages become ``Auth`` or ``Change`` requests (or a ``ProtocolError``
+Client messages become ``Auth`` or ``subscriptions.Change`` requests (or a ``ProtocolError``
 carrying Alpaca's error code); states become ``subscription`` acks; upstream data
 messages yield their routing keys.  Nothing here knows about sockets or time.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from attrs import field, frozen
+from attrs import frozen
 
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.paths import CRYPTO, NEWS, OPTIONS, STOCKS
-
-WILDCARD = "*"
+from alpaca_proxy.refusal import Refused
+from alpaca_proxy.streams import CRYPTO, NEWS, OPTIONS, STOCKS
+from alpaca_proxy.subscriptions import WILDCARD, Change, State
 
 #: Alpaca's error texts; Go compares code *and* text, so they must be exact.
 ERRORS: Mapping[int, str] = {
@@ -78,16 +78,12 @@ _MIRRORS = ("corrections", "cancelErrors")
 
 _SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9./:_\-]{0,63}")
 
-#: A state: channel -> ordered set of symbols (a dict, for insertion order).
-State = dict[str, dict[str, None]]
-
-
-class ProtocolError(Exception):
+class ProtocolError(Refused):
     """A client message refused with one of Alpaca's error codes."""
 
     def __init__(self, code: int) -> None:
-        super().__init__(code, ERRORS[code])
-        self.code = code
+        super().__init__(code)
+        self.args = (code, ERRORS[code])
 
 
 @frozen
@@ -95,14 +91,6 @@ class Auth:
     """An ``auth`` request."""
 
     credentials: Credentials
-
-
-@frozen
-class Change:
-    """A ``subscribe`` or ``unsubscribe`` request: channel -> symbols."""
-
-    action: str
-    channels: Mapping[str, tuple[str, ...]] = field(factory=dict)
 
 
 def error(code: int) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping
 from attrs import frozen
 
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.dialects.alpaca_data import WILDCARD, Change
-from alpaca_proxy.paths import POLYGON_MARKETS
+from alpaca_proxy.streams import POLYGON_MARKETS
+from alpaca_proxy.subscriptions import WILDCARD, Change
 
 #: Event fields that name the instrument, in the order they are tried
 #: (``p`` is the pair only on forex quotes; elsewhere it is a price).

@@ -1,4 +1,4 @@
-"""What the fake upstreams (``simulator.py``, ``polygon_simulator.py``) share.
+"""What the fake upstreams (``simulator.alpaca``, ``simulator.polygon``) share.
 
 An event barrier (tests wait for a condition, never sleep) and the ticking,
 seeded random walk their simulated markets are built on.  Nothing here is

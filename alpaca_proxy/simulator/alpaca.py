@@ -1,6 +1,7 @@
 """A fake Alpaca market-data server with a seeded, simulated market.
 
-Used by ``--simulate`` (so the proxy's real upstream path runs against it) and
+Used by ``--simulate`` (``simulator.service``, so the proxy's real upstream path
+runs against it) and
 by the tests, which also use its switches: valid credentials (402 otherwise),
 one authenticated session per key and endpoint (406 for another), a symbol
 limit on trades+quotes (405), refusing handshakes with an HTTP status, dropping
@@ -20,14 +21,10 @@ from typing import Any, Iterable
 import msgpack
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.application.service import Service
-from twisted.internet.defer import gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from alpaca_proxy.polygon_simulator import FakePolygonFactory, PolygonMarket
+from alpaca_proxy.simulator.market import TickingMarket, Watched
 from alpaca_proxy.timers import use_clock
-from alpaca_proxy.fakes import TickingMarket, Watched
 
 _PATHS = [
     ("trading", re.compile(r"/stream/?")),
@@ -426,47 +423,3 @@ class SimulatedMarket(TickingMarket):
         for connection in connections:
             if connection.wants("news", symbols):
                 connection.send([story])
-
-
-class SimulatorService(Service):
-    """The simulated upstreams (Alpaca's and Polygon's), each on a loopback port of its own."""
-
-    _log = Logger()
-
-    def __init__(self, reactor, rate: float = 2.0, seed: int = 1):
-        self._reactor = reactor
-        self.market = SimulatedMarket(reactor, seed=seed, rate=rate)
-        self.factory = FakeAlpacaFactory(market=self.market, clock=reactor)
-        self.polygon = FakePolygonFactory(clock=reactor)
-        self.polygon_market = PolygonMarket(reactor, self.polygon, seed=seed, rate=rate)
-        self.url: str | None = None
-        self.polygon_url: str | None = None
-        self._ports: list[Any] = []
-
-    def startService(self):
-        super().startService()
-        endpoint = serverFromString(self._reactor, "tcp:0:interface=127.0.0.1")
-
-        def url(port) -> str:
-            self._ports.append(port)
-            return "ws://127.0.0.1:%d" % (port.getHost().port,)
-
-        def listened(ports):
-            self.url, self.polygon_url = ports
-            self._log.warn(
-                "SIMULATED MARKET: upstream data comes from the built-in simulator at {url}"
-                " (Polygon paths: {polygon}); no prices are real.", url=self.url,
-                polygon=self.polygon_url)
-            self.market.start()
-            self.polygon_market.start()
-
-        alpaca = endpoint.listen(self.factory).addCallback(url)
-        polygon = endpoint.listen(self.polygon).addCallback(url)
-        return gatherResults([alpaca, polygon], consumeErrors=True).addCallback(listened)
-
-    def stopService(self):
-        super().stopService()
-        self.market.stop()
-        self.polygon_market.stop()
-        ports, self._ports = self._ports, []
-        return gatherResults([maybeDeferred(port.stopListening) for port in ports])

@@ -1,4 +1,4 @@
-"""Upstream sessions, one per (account, endpoint), opened and closed on demand.
+"""Upstream sessions, one per (account, stream), opened and closed on demand.
 
 Local auth rules:
 
@@ -13,6 +13,9 @@ Local auth rules:
 Polygon/Massive keys follow the same rules with their own accounts
 (``polygon_accounts``); the key is the secret there, so its credentials carry a
 fingerprint as the public half (``dialects.polygon.credentials_for``).
+
+Each session gets its link here (``_open``): the one place that knows which
+kind of link serves which stream.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from alpaca_proxy import fanout
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
-from alpaca_proxy.paths import POLYGON, Endpoint
-from alpaca_proxy.polygon import PolygonSession
-from alpaca_proxy.trading import TRADING, TradingSession
-from alpaca_proxy.upstream import BaseUpstreamSession, Health, UpstreamService, UpstreamSession
+from alpaca_proxy.dialects import alpaca_data, polygon
+from alpaca_proxy.refusal import AUTH_FAILED, Refused
+from alpaca_proxy.streams import POLYGON, TRADING, Stream
+from alpaca_proxy.upstream.alpaca_data import AlpacaDataLink
+from alpaca_proxy.upstream.alpaca_trading import TradingLink, TradingSession
+from alpaca_proxy.upstream.link import Liveness
+from alpaca_proxy.upstream.polygon import PolygonLink
+from alpaca_proxy.upstream.session import DataSession, Session
 
 #: How long a locally verified client waits for upstream's own verdict before
 #: it is told ``authenticated`` anyway (Go clients give up after 3 s).
@@ -52,7 +59,7 @@ class UpstreamPool(MultiService):
         trading_url: Callable[[], str] | None = None,
         linger: float = 30.0,
         clock: Any = None,
-        health: Health = Health(),
+        liveness: Liveness = Liveness(),
         trust_root: Any = None,
         polygon_url: Callable[[], str] | None = None,
         polygon_accounts: Mapping[str, Credentials] | None = None,
@@ -69,39 +76,38 @@ class UpstreamPool(MultiService):
         self._accounts = dict(accounts) if accounts else None
         self._polygon_accounts = dict(polygon_accounts) if polygon_accounts else None
         self._linger = linger
-        self._health = health
+        self._liveness = liveness
         #: CAs that upstream TLS certificates must chain to (None: the platform's).
         self._trust_root = trust_root
-        self._sessions: dict[tuple[str, str], UpstreamService] = {}
-        self._retirements: dict[BaseUpstreamSession, Any] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._retirements: dict[Session, Any] = {}
         #: (key, path) -> (credentials refused, code, until when)
         self._refusals: dict[tuple[str, str], tuple[Credentials, int, float]] = {}
 
     @property
-    def sessions(self) -> list[BaseUpstreamSession]:
-        return [service.session for service in self._sessions.values()]
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
 
-    def authenticate(self, endpoint: Endpoint, credentials: Credentials) -> Deferred:
-        """A Deferred firing with the session a client may join, or ProtocolError."""
+    def authenticate(self, stream: Stream, credentials: Credentials) -> Deferred:
+        """A Deferred firing with the session a client may join, or ``Refused``."""
         configured = None
-        accounts = self._polygon_accounts if endpoint.kind == POLYGON else self._accounts
+        accounts = self._polygon_accounts if stream.kind == POLYGON else self._accounts
         if accounts is not None:
             configured = accounts.get(credentials.key)
             if configured is None or not configured.matches(credentials):
-                return fail(ProtocolError(402))
-        refusal = self._refusals.get((credentials.key, endpoint.path))
+                return fail(Refused(AUTH_FAILED))
+        refusal = self._refusals.get((credentials.key, stream.path))
         if refusal is not None:
             refused, code, until = refusal
             if self._clock.seconds() >= until:
-                del self._refusals[(credentials.key, endpoint.path)]
+                del self._refusals[(credentials.key, stream.path)]
             elif refused.matches(credentials):
-                return fail(ProtocolError(code))
-        service = self._sessions.get((credentials.key, endpoint.path))
-        if service is not None and not service.session.credentials.matches(credentials):
-            return fail(ProtocolError(402))
-        if service is None:
-            service = self._open(endpoint, configured or credentials)
-        session = service.session
+                return fail(Refused(code))
+        session = self._sessions.get((credentials.key, stream.path))
+        if session is not None and not session.credentials.matches(credentials):
+            return fail(Refused(AUTH_FAILED))
+        if session is None:
+            session = self._open(stream, configured or credentials)
         verdict = session.verdict()
         if configured is not None and not verdict.called:
             # Locally verified: don't keep the client waiting on a slow upstream.
@@ -114,71 +120,71 @@ class UpstreamPool(MultiService):
 
         return verdict.addBoth(settled).addCallback(lambda _: session)
 
-    def join(self, session: BaseUpstreamSession, client: Any) -> None:
+    def join(self, session: Session, client: Any) -> None:
         """Attach an authenticated client to its session."""
         pending = self._retirements.pop(session, None)
         if pending is not None and pending.active():
             pending.cancel()
         session.attach(client)
 
-    def leave(self, session: BaseUpstreamSession, client: Any) -> None:
+    def leave(self, session: Session, client: Any) -> None:
         """Detach a client; the session lingers, then closes if nobody came back."""
         session.detach(client)
         self._maybe_retire(session)
 
-    def _open(self, endpoint: Endpoint, credentials: Credentials) -> UpstreamService:
-        session: BaseUpstreamSession
-        if endpoint.kind == TRADING:
-            session = TradingSession(endpoint, credentials, clock=self._clock,
-                                     health=self._health)
-            base = self._trading_url()
-        elif endpoint.kind == POLYGON:
-            session = PolygonSession(endpoint, credentials, clock=self._clock, health=self._health)
-            base = self._polygon_url()
+    def _open(self, stream: Stream, credentials: Credentials) -> Session:
+        session: Session
+        if stream.kind == TRADING:
+            session = TradingSession(stream, credentials, self._clock)
+            link_class, options, base = TradingLink, {}, self._trading_url()
+        elif stream.kind == POLYGON:
+            dialect = polygon.DIALECTS[stream.path.lstrip("/")]
+            session = DataSession(stream, credentials, self._clock, dialect,
+                                  self._liveness.silence_timeout)
+            link_class, options, base = PolygonLink, {"dialect": dialect}, self._polygon_url()
         else:
-            session = UpstreamSession(endpoint, credentials, DIALECTS[endpoint.kind],
-                                      clock=self._clock, health=self._health)
-            base = self._data_url()
+            dialect = alpaca_data.DIALECTS[stream.kind]
+            session = DataSession(stream, credentials, self._clock, dialect,
+                                  self._liveness.silence_timeout)
+            link_class, options, base = AlpacaDataLink, {"dialect": dialect}, self._data_url()
+        url = base.rstrip("/") + stream.path
+        session.link = link_class(session, stream, credentials, url, self._reactor, self._clock,
+                                  self._liveness, self._trust_root, **options)
         session.on_refused = self._refused
-        url = base.rstrip("/") + endpoint.path
-        service = UpstreamService(session, url, self._reactor, self._trust_root)
-        self._sessions[(credentials.key, endpoint.path)] = service
+        self._sessions[(credentials.key, stream.path)] = session
         self._log.info("opening upstream {url} for key {key}", url=url, key=credentials.key)
-        service.setServiceParent(self)
-        return service
+        session.link.setServiceParent(self)
+        return session
 
-    def _maybe_retire(self, session: BaseUpstreamSession) -> None:
+    def _maybe_retire(self, session: Session) -> None:
         if not self.running or not session.idle or session in self._retirements:
             return
         self._retirements[session] = self._clock.callLater(
             self._linger, self._retire, session)
 
-    def _retire(self, session: BaseUpstreamSession) -> Deferred:
+    def _retire(self, session: Session) -> Deferred:
         self._retirements.pop(session, None)
         if not session.idle:
             return succeed(None)
-        key = (session.credentials.key, session.endpoint.path)
-        service = self._sessions.get(key)
-        if service is None or service.session is not session:
+        key = (session.credentials.key, session.stream.path)
+        if self._sessions.get(key) is not session:
             return succeed(None)
         del self._sessions[key]
-        self._log.info("closing idle upstream {path} ({key})", path=session.endpoint.path,
+        self._log.info("closing idle upstream {path} ({key})", path=session.stream.path,
                        key=session.credentials.key)
-        return service.disownServiceParent() or succeed(None)
+        return session.link.disownServiceParent() or succeed(None)
 
-    def _refused(self, session: BaseUpstreamSession, code: int) -> None:
+    def _refused(self, session: Session, code: int) -> None:
         """Upstream refused the account: stop dialling, tell the clients, forget it."""
-        for client in session.clients:
-            client.upstream_refused(code)
-        key = (session.credentials.key, session.endpoint.path)
+        fanout.account_refused(session.clients, code)
+        key = (session.credentials.key, session.stream.path)
         self._refusals[key] = (session.credentials, code, self._clock.seconds() + REFUSAL_MEMORY)
-        service = self._sessions.get(key)
-        if service is not None and service.session is session:
+        if self._sessions.get(key) is session:
             del self._sessions[key]
             pending = self._retirements.pop(session, None)
             if pending is not None and pending.active():
                 pending.cancel()
-            service.disownServiceParent()
+            session.link.disownServiceParent()
 
     def stopService(self) -> Deferred:
         for pending in self._retirements.values():

@@ -6,7 +6,7 @@ the connection-limit policy (a second authenticated connection per key and
 market either evicts the older one, as Polygon is reported to do, or is
 refused), staying silent on requests, and injecting events.
 
-Like ``simulator.py`` it shares no protocol code with the proxy: it is written
+Like ``simulator.alpaca`` it shares no protocol code with the proxy: it is written
 from the protocol notes, so that a misreading in the proxy shows up in tests.
 """
 
@@ -19,7 +19,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 
 from alpaca_proxy.timers import use_clock
-from alpaca_proxy.fakes import TickingMarket, Watched
+from alpaca_proxy.simulator.market import TickingMarket, Watched
 
 MARKETS = ("stocks", "options", "forex", "crypto", "indices", "futures")
 

@@ -1,8 +1,9 @@
-"""Which upstream endpoint a local websocket path stands for.
+"""The path table: which upstream stream a local websocket path stands for.
 
 Clients only change the host part of their stream URL, so the proxy accepts the
-paths each SDK builds (see ``downstream.py``) and maps them to the upstream path
-they would have dialled at Alpaca.
+paths each SDK builds and maps them to the upstream path they would have
+dialled: Alpaca's market-data paths, the trading stream (``/stream``) and
+Polygon's ``/{market}`` clusters.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ STOCKS = "stocks"
 CRYPTO = "crypto"
 NEWS = "news"
 OPTIONS = "options"
+#: Alpaca's trading stream (account-wide order updates).
+TRADING = "trading"
 #: Polygon/Massive clusters, one per market, on ``/{market}``.
 POLYGON = "polygon"
 #: Markets served on ``/{market}`` (the Polygon/Massive clients' ``Market`` enum).
@@ -42,8 +45,8 @@ _RULES: list[tuple[re.Pattern[str], str, str]] = [
 
 
 @frozen
-class Endpoint:
-    """An upstream market-data endpoint: its kind and its path on the data host."""
+class Stream:
+    """An upstream stream: its kind and its path on the provider's host."""
 
     kind: str
     path: str
@@ -63,33 +66,44 @@ def normalize(raw_path: str) -> str:
     return path or "/"
 
 
-def resolve(raw_path: str, default_feed: str) -> Endpoint | None:
-    """The upstream endpoint a local request path asks for, or ``None``."""
+def resolve(raw_path: str, default_feed: str) -> Stream | None:
+    """The Alpaca market-data stream a local request path asks for, or ``None``."""
     path = normalize(raw_path)
     if path == "/":
-        return Endpoint(STOCKS, "/v2/" + default_feed)
+        return Stream(STOCKS, "/v2/" + default_feed)
     for pattern, kind, template in _RULES:
         match = pattern.fullmatch(path)
         if match:
-            return Endpoint(kind, template.format(*match.groups()))
+            return Stream(kind, template.format(*match.groups()))
     bare = path[1:]
     if bare in _BARE_STOCK_FEEDS:
-        return Endpoint(STOCKS, "/v2/" + bare)
+        return Stream(STOCKS, "/v2/" + bare)
     if bare in _BARE_CRYPTO_LOCATIONS:
-        return Endpoint(CRYPTO, "/v1beta3/crypto/" + bare)
+        return Stream(CRYPTO, "/v1beta3/crypto/" + bare)
     if bare in _OPTION_FEEDS:
-        return Endpoint(OPTIONS, "/v1beta1/" + bare)
+        return Stream(OPTIONS, "/v1beta1/" + bare)
     return None
 
 
-def resolve_polygon(raw_path: str, root_market: str | None = None) -> Endpoint | None:
+def resolve_polygon(raw_path: str, root_market: str | None = None) -> Stream | None:
     """The Polygon cluster a local path asks for (``/stocks``, ``/futures/cme`` ...).
 
     ``/`` stands for ``root_market`` when the proxy serves Polygon there.
     """
     path = normalize(raw_path)
     if path == "/" and root_market:
-        return Endpoint(POLYGON, "/" + root_market)
+        return Stream(POLYGON, "/" + root_market)
     if path[1:] in POLYGON_MARKETS:
-        return Endpoint(POLYGON, path)
+        return Stream(POLYGON, path)
     return None
+
+
+#: The trading stream's one upstream path.
+TRADING_STREAM = Stream(TRADING, "/stream")
+#: Local paths of the trading stream (alpaca-trade-api dials ``/stream/``).
+_TRADING_PATHS = frozenset({"/stream"})
+
+
+def resolve_trading(raw_path: str) -> Stream | None:
+    """The trading stream, if a local path asks for it."""
+    return TRADING_STREAM if normalize(raw_path) in _TRADING_PATHS else None

@@ -1,0 +1,90 @@
+"""The one place that writes to clients.
+
+The router decides who gets what, sessions decide when; every write to a
+local client (``interfaces.IClient``) goes through a function here, so the
+rules of delivery live in one module: each payload is encoded once per
+(message subset, encoding) and prepared once for every client sharing it;
+control messages (acks, refusals, notices) go one client at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from alpaca_proxy import codec
+from alpaca_proxy.subscriptions import State
+
+
+def acknowledge(client: Any, state: State) -> None:
+    """A client's oldest request is done; ``state`` is its whole state now."""
+    client.acknowledge(state)
+
+
+def refuse(client: Any, code: int) -> None:
+    """A client's oldest request was refused; its state is unchanged."""
+    client.refuse(code)
+
+
+def notice(clients: Iterable[Any], message: dict) -> None:
+    """A status message from upstream for every client of a session."""
+    for client in list(clients):
+        client.notice(message)
+
+
+def account_refused(clients: Iterable[Any], code: int) -> None:
+    """Upstream refused the account these clients share."""
+    for client in list(clients):
+        client.account_refused(code)
+
+
+def deliver(elements: Sequence[codec.Element], routed: Mapping[Any, list[int]]) -> tuple[int, int]:
+    """A frame's data, each client getting the messages the router chose for it.
+
+    Clients wanting the same subset in the same encoding share one encoded,
+    prepared frame.  Returns (messages, bytes) delivered over all clients.
+    """
+    groups: dict[tuple[tuple[int, ...], codec.Encoding], list[Any]] = {}
+    for client, positions in routed.items():
+        groups.setdefault((tuple(positions), client.encoding), []).append(client)
+    messages = size = 0
+    for (positions, encoding), clients in groups.items():
+        subset = [elements[i] for i in positions]
+        for payload in encoding.frames(subset):
+            prepared = clients[0].prepare(payload, encoding.binary)
+            for client in clients:
+                client.send_prepared(prepared)
+            size += len(payload) * len(clients)
+        for client in clients:
+            client.messages_sent += len(subset)
+        messages += len(subset) * len(clients)
+    return messages, size
+
+
+def snapshot(client: Any, elements: Sequence[codec.Element]) -> None:
+    """Messages for one client alone (whole order books for a late joiner)."""
+    for payload in client.encoding.frames(elements):
+        client.send_prepared(client.prepare(payload, client.encoding.binary))
+
+
+def broadcast(clients: Iterable[Any], message: dict, payload: bytes,
+              binary: bool) -> tuple[int, int]:
+    """One upstream event (a single object, not an array) to each client.
+
+    JSON clients get upstream's own bytes and frame type when upstream sent
+    JSON; any other case is encoded once per encoding.  Returns (messages, bytes).
+    """
+    prepared: dict[codec.Encoding, Any] = {}
+    messages = size = 0
+    upstream_json = payload.lstrip()[:1] in (b"{", b"[")
+    for client in list(clients):
+        encoding = client.encoding
+        if encoding not in prepared:
+            if encoding is codec.JSON and upstream_json:
+                prepared[encoding] = client.prepare(payload, binary)
+            else:
+                prepared[encoding] = client.prepare(encoding.encode(message), encoding.binary)
+        client.send_prepared(prepared[encoding])
+        client.messages_sent += 1
+        messages += 1
+        size += len(prepared[encoding].payload)
+    return messages, size
