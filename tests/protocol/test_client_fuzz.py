@@ -1,98 +1,31 @@
-"""Property-based tests: no input makes the codecs or the client handler misbehave."""
+"""Property-based: any frame a client sends, at the byte level, gets a reply or a clean
+close, and the well-behaved client next to it keeps its state and its data."""
+
+import json
+import os
+import struct
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from alpaca_proxy import codec
-from alpaca_proxy.dialects import polygon
-from alpaca_proxy.dialects.alpaca_data import DIALECTS, ProtocolError
-
-EXAMPLES = settings(max_examples=1500, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
-
-scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1),
-    st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20),
-)
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=5)),
-    max_leaves=30)
-extensions = st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=16))
-timestamps = st.builds(msgpack.Timestamp, st.integers(0, 2 ** 33), st.integers(0, 999_999_999))
-fields = st.one_of(values, extensions, timestamps)
-
-
-class CodecFuzzTests(SynchronousTestCase):
-    @EXAMPLES
-    @given(st.binary(max_size=300))
-    def test_decode_any_bytes(self, payload):
-        """Any bytes decode or raise DecodeError, nothing else."""
-        try:
-            codec.decode(payload)
-        except codec.DecodeError:
-            pass
-
-    @EXAMPLES
-    @given(st.binary(max_size=300))
-    def test_split_any_frame(self, frame):
-        """Any upstream frame splits into maps or raises DecodeError, nothing else."""
-        try:
-            elements = codec.split_frame(frame)
-        except codec.DecodeError:
-            return
-        for element in elements:
-            self.assertIsInstance(element.message, dict)
-
-    @EXAMPLES
-    @given(st.lists(st.dictionaries(st.one_of(st.text(max_size=6), st.binary(max_size=4)),
-                                    fields, max_size=6), max_size=6))
-    def test_any_upstream_message_renders_in_both_encodings(self, messages):
-        """Whatever maps upstream sends, both encodings render them, bytes kept for msgpack."""
-        frame = msgpack.packb(messages, datetime=False)
-        elements = codec.split_frame(frame)
-        self.assertEqual(b"".join(codec.MSGPACK.frames(elements)), frame if messages else b"")
-        for rendered in codec.JSON.frames(elements):
-            self.assertEqual(rendered[:1], b"[")
-
-
-class DialectFuzzTests(SynchronousTestCase):
-    @EXAMPLES
-    @given(st.sampled_from(sorted(DIALECTS)),
-           st.one_of(values, st.dictionaries(
-               st.sampled_from(["action", "trades", "quotes", "bars", "news", "orderbooks",
-                                "key", "secret", "statuses", "corrections"]),
-               st.one_of(values, st.sampled_from(["auth", "subscribe", "unsubscribe"])),
-               max_size=6)))
-    def test_parse_any_message(self, kind, message):
-        """Any decoded message is a request or a ProtocolError with a known code."""
-        try:
-            DIALECTS[kind].parse(message)
-        except ProtocolError as refused:
-            self.assertIn(refused.code, (400, 410, 413))
-
-
-# -- the client handler, at the byte level -------------------------------------------
-
-import json  # noqa: E402
-import os  # noqa: E402
-import struct  # noqa: E402
-
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.defer import succeed  # noqa: E402
-from twisted.internet.error import ConnectionDone  # noqa: E402
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.logger import Logger  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
-
-from alpaca_proxy.credentials import Credentials  # noqa: E402
-from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol  # noqa: E402
-from alpaca_proxy.downstream.client import ClientFactory  # noqa: E402
-from alpaca_proxy.proxy import Proxy  # noqa: E402
-from alpaca_proxy.streams import STOCKS, Stream  # noqa: E402
-from alpaca_proxy.upstream.session import DataSession  # noqa: E402
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.dialects.alpaca_data import DIALECTS
+from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
+from alpaca_proxy.downstream.client import ClientFactory
+from alpaca_proxy.proxy import Proxy
+from alpaca_proxy.streams import STOCKS, Stream
+from alpaca_proxy.upstream.session import DataSession
+from tests.fuzzing import examples, values
 
 _log = Logger()
 UPGRADE = (b"GET /v2/iex HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -222,8 +155,7 @@ class HandlerFuzzTests(SynchronousTestCase):
         self.assertEqual(msgpack.unpackb(payload)[0]["S"], "AAPL")
         self.good_transport.clear()
 
-    @settings(max_examples=1200, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @examples(deep=1200)
     @given(hostile_payloads(), st.sampled_from([1, 2]), st.booleans(), st.booleans())
     def test_hostile_frames(self, payload, opcode, authenticated, msgpack_encoding):
         """Arbitrary bytes, wrong types, huge lists, deep nesting, bad UTF-8 in text frames."""
@@ -245,36 +177,3 @@ class HandlerFuzzTests(SynchronousTestCase):
         self.good_still_served()
 
 
-class PolygonFuzzTests(SynchronousTestCase):
-    @EXAMPLES
-    @given(st.one_of(values, st.fixed_dictionaries(
-        {"action": st.sampled_from(["auth", "subscribe", "unsubscribe", "x"])},
-        optional={"params": st.one_of(values, st.text(
-            alphabet="TQAM.*,:-/ XBC9", max_size=40))})))
-    def test_any_client_message(self, message):
-        """Any client message is a request or a status reply, and acks name what was asked."""
-        try:
-            request = polygon.parse(message)
-        except polygon.PolygonError as refused:
-            self.assertEqual(refused.reply["ev"], "status")
-            return
-        if isinstance(request, polygon.PolygonChange):
-            asked = {(ev, s) for ev, symbols in request.change.channels.items() for s in symbols}
-            acked = set()
-            for status in polygon.acknowledgements(request.change.action, request.params):
-                action, keys = polygon.acknowledged(status)
-                self.assertEqual(action, request.change.action)
-                acked.update(keys)
-            self.assertEqual(acked, asked)
-
-    @EXAMPLES
-    @given(st.binary(max_size=300))
-    def test_any_upstream_json_frame(self, frame):
-        """Any frame from a Polygon upstream splits into objects or raises DecodeError."""
-        try:
-            elements = codec.split_json_frame(frame)
-        except codec.DecodeError:
-            return
-        for element in elements:
-            polygon.DIALECTS["stocks"].routing(element.message)
-            self.assertEqual(element.json[:1], b"{")

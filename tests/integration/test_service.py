@@ -1,0 +1,126 @@
+"""The service tree on the real reactor: --simulate end to end, JSON log lines."""
+
+import json
+import os
+import sys
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from alpaca_proxy.options import Options
+from alpaca_proxy.service import makeService
+from tests.support import connect, listening_port
+
+
+class SimulatedServiceTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def simulated(self, environ):
+        """The whole service tree on the simulated market, a fast one; fires (tree, port)."""
+        from twisted.internet import reactor
+
+        options = Options(environ=environ)
+        options.parseOptions(["--simulate", "--sim-rate", "50", "--listen",
+                              "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        self.addCleanup(tree.stopService)
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        return tree, port
+
+    @defer.inlineCallbacks
+    def test_simulated_market_through_the_real_upstream_path(self):
+        """--simulate: a client gets simulated trades for its symbol via a real upstream socket."""
+        tree, port = yield self.simulated({})
+        client = yield connect(port, "/v2/iex")
+        self.addCleanup(lambda: client.sendClose() or client.closed)
+        yield client.next()
+        client.send({"action": "auth", "key": "anything", "secret": "goes"})
+        self.assertEqual((yield client.next()), [{"T": "success", "msg": "authenticated"}])
+        client.send({"action": "subscribe", "trades": ["AAPL"], "quotes": ["MSFT"]})
+        self.assertEqual((yield client.next())[0]["T"], "subscription")
+        seen = set()
+        while seen != {("t", "AAPL"), ("q", "MSFT")}:
+            for message in (yield client.next()):
+                seen.add((message["T"], message["S"]))
+                self.assertIn((message["T"], message["S"]), {("t", "AAPL"), ("q", "MSFT")})
+        [session] = tree.getServiceNamed("simulator").factory.authenticated()
+        self.assertEqual(session.headers.get("content-type"), "application/msgpack")
+
+    @defer.inlineCallbacks
+    def test_simulated_polygon_market(self):
+        """--simulate with USE_POLYGON: Polygon's protocol at / and on /{market}."""
+        _, port = yield self.simulated({"USE_POLYGON": "true"})
+        for path, params, wanted in (("/", "T.AAPL", {("T", "AAPL")}),
+                                     ("/crypto", "XQ.*", {("XQ", "BTC-USD"), ("XQ", "ETH-USD")})):
+            client = yield connect(port, path)
+            self.addCleanup(lambda c=client: c.sendClose() or c.closed)
+            self.assertEqual((yield client.next())[0]["status"], "connected")
+            client.send({"action": "auth", "params": "any-key"})
+            self.assertEqual((yield client.next())[0]["status"], "auth_success")
+            client.send({"action": "subscribe", "params": params})
+            self.assertEqual((yield client.next())[0]["message"], "subscribed to: " + params)
+            seen = set()
+            while seen != wanted:
+                for message in (yield client.next()):
+                    key = (message["ev"], message.get("sym") or message.get("pair"))
+                    self.assertIn(key, wanted)
+                    seen.add(key)
+
+    @defer.inlineCallbacks
+    def test_clients_get_going_away_on_shutdown(self):
+        """Stopping the service closes clients with 1001 and upstream with a clean close."""
+        from twisted.internet import reactor
+
+        options = Options(environ={})
+        options.parseOptions(["--simulate", "--listen", "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        client = yield connect(port, "/v2/iex")
+        yield client.next()
+        client.send({"action": "auth", "key": "k", "secret": "s"})
+        yield client.next()
+        simulator = tree.getServiceNamed("simulator").factory
+        simulator.record = True
+        yield tree.stopService()
+        self.assertEqual((yield client.closed), 1001)
+        [upstream] = simulator.closed
+        self.assertEqual((upstream.clean, upstream.close_code), (True, 1000))
+
+
+class JsonLogTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_twistd_json_lines(self):
+        """twistd --logger=alpaca_proxy.logs.json_lines writes one JSON object per line."""
+        from twisted.internet import protocol, reactor
+
+        class Collect(protocol.ProcessProtocol):
+            def __init__(self):
+                self.out = b""
+                self.ended = defer.Deferred()
+                self.started = defer.Deferred()
+
+            def outReceived(self, data):
+                self.out += data
+                if b"SIMULATED MARKET" in self.out and not self.started.called:
+                    self.started.callback(None)
+
+            def processEnded(self, reason):
+                self.ended.callback(None)
+
+        collect = Collect()
+        process = reactor.spawnProcess(collect, sys.executable, [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
+            "--simulate", "--listen", "tcp:0:interface=127.0.0.1"], env=dict(os.environ))
+        yield collect.started
+        process.signalProcess("TERM")
+        yield collect.ended
+        lines = collect.out.decode().splitlines()
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(any("SIMULATED MARKET" in e.get("log_format", "") for e in events))
+        self.assertTrue(all("log_time" in e for e in events))
