@@ -105,6 +105,45 @@ def decode(payload: bytes) -> Any:
         raise DecodeError(str(error)) from None
 
 
+#: Messages one client frame may carry (an array of requests); more is refused whole.
+MAX_BATCH = 64
+#: Keys one decoded client map may have (the Go SDK sends a dozen channels).
+MAX_CLIENT_MAP = 256
+
+
+def decode_client(payload: bytes, max_items: int) -> Any:
+    """Decode a client's payload with the work bounded before any element is built.
+
+    A top-level array of more than ``MAX_BATCH`` messages is refused from its
+    header; no array may hold more than ``max_items`` entries nor a map more
+    than ``MAX_CLIENT_MAP`` keys (MessagePack checks while decoding; JSON is
+    refused when it has more separators than that could need).
+    """
+    head = payload.lstrip()[:1]
+    if head in (b"{", b"["):
+        if payload.count(b",") > max_items + MAX_BATCH * MAX_CLIENT_MAP:
+            raise DecodeError("too many items")
+        try:
+            decoded = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            raise DecodeError(str(error)) from None
+    else:
+        first = payload[:1]
+        if first == b"\xdc" or first == b"\xdd":
+            size = 3 if first == b"\xdc" else 5
+            if int.from_bytes(payload[1:size], "big") > MAX_BATCH:
+                raise DecodeError("too many messages in one frame")
+        try:
+            decoded = msgpack.unpackb(payload, raw=False, timestamp=0,
+                                      max_array_len=max(max_items, MAX_BATCH),
+                                      max_map_len=MAX_CLIENT_MAP)
+        except Exception as error:  # msgpack raises several unrelated types
+            raise DecodeError(str(error)) from None
+    if isinstance(decoded, list) and len(decoded) > MAX_BATCH:
+        raise DecodeError("too many messages in one frame")
+    return decoded
+
+
 def _array_header(count: int) -> bytes:
     if count < 16:
         return bytes((0x90 | count,))

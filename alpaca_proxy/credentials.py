@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import os
 from typing import Mapping
@@ -17,6 +18,12 @@ class Credentials:
 
     key: str
     secret: str = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the pair, to recognise it again without keeping the secret."""
+        pair = b"%s\0%s" % (self.key.encode("utf-8"), self.secret.encode("utf-8"))
+        return hashlib.sha256(pair).hexdigest()
 
     def matches(self, other: "Credentials") -> bool:
         """Constant-time comparison of both halves."""

@@ -53,3 +53,13 @@ class ISession(Interface):
 
     def subscriptions_of(client):
         """How many subscriptions a client holds."""
+
+
+class IDataSession(ISession):
+    """A market-data session: what a client's limits are checked against."""
+
+    def size_after(client, change):
+        """How many keys the client will hold once ``change`` and its waiting requests are done."""
+
+    def queued_symbols(client):
+        """Symbols named by the client's requests waiting behind its pending one."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 AUTH_FAILED = 402
 #: A request over a symbol limit.
 SYMBOL_LIMIT = 405
+#: No room for another upstream connection.
+CONNECTION_LIMIT = 406
 #: Something broke inside the proxy.
 INTERNAL = 500
 

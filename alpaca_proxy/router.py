@@ -8,13 +8,20 @@ its link), given with ``upstream_ready``.
 Bookkeeping, in short:
 
 - Each client has a *confirmed* state (what it was last acknowledged; data is
-  routed by it) and at most one *pending* request.  A client's requests are
-  handled one at a time, in order, so a failed one rolls back exactly.
+  routed by it) and at most one *pending* request.  Requests that arrive while
+  one is pending wait, and are then taken up together: upstream is asked for
+  their net effect once, and each is still acknowledged, in order, with the
+  state it leads to (or refused, all of them, if upstream refuses).
 - ``_wanted`` counts, per (channel, symbol) key, the clients whose state (the
   pending one if any) holds it.  Only changes of that union go upstream.
 - Upstream answers requests in order, so every message sent upstream is queued
   in ``_sent`` and each ``subscription`` ack or request error pops the head.
   The ack lists upstream's whole state, which becomes ``_have``.
+- Changes are coalesced: while anything is in flight upstream, nothing more is
+  sent; once it is all answered, the net difference between the union and what
+  upstream holds goes up at once.  A client flipping symbols on and off costs
+  upstream one request per round trip at most, not one per message.  Large
+  changes go up in chunks of ``CHUNK`` keys, each acknowledged on its own.
 - A request that adds keys upstream does not already hold waits for upstream's
   ack; any other request is answered at once.  While the upstream is not
   authenticated every request is answered at once from local state, and the
@@ -31,6 +38,11 @@ from attrs import define, field
 from alpaca_proxy import fanout
 from alpaca_proxy.subscriptions import WILDCARD, Change, Key, State, applied, keys_of
 
+#: Keys per upstream (un)subscribe message.  Users of the C# SDK report Alpaca's
+#: servers mishandling single subscribe frames of about 1,400 symbols and more;
+#: 1,000 keys stay well below that and below any frame-size limit (~20 KB).
+CHUNK = 1000
+
 
 @define
 class _Pending:
@@ -38,6 +50,9 @@ class _Pending:
     needed: set[Key]
     #: Keys this request adds that upstream already streams.
     held: set[Key] = field(factory=set)
+    #: States of earlier requests taken up together with this one, each to be
+    #: acknowledged (in order) before ``state``.
+    earlier: list[State] = field(factory=list)
 
 
 @define
@@ -45,6 +60,12 @@ class _Book:
     confirmed: State = field(factory=dict)
     pending: _Pending | None = None
     queue: deque[Change] = field(factory=deque)
+    #: The state once every request of the client is done, and its size; kept in
+    #: step with each request so limits count what is still waiting, too.
+    latest: State = field(factory=dict)
+    latest_size: int = 0
+    #: Symbols named by the requests in ``queue``.
+    queued_symbols: int = 0
 
     @property
     def current(self) -> State:
@@ -103,39 +124,80 @@ class Router:
         """A client's confirmed state."""
         return self._books[client].confirmed
 
+    def size_after(self, client: Any, change: Change) -> int:
+        """How many keys the client will hold once this and its waiting requests are done."""
+        book = self._books[client]
+        if change.action != "subscribe":
+            return book.latest_size
+        added = 0
+        for channel, symbols in change.channels.items():
+            held = book.latest.get(channel, {})
+            added += sum(1 for symbol in set(symbols) if symbol not in held)
+        return book.latest_size + added
+
+    def queued_symbols(self, client: Any) -> int:
+        """Symbols named by the client's requests still waiting behind its pending one."""
+        return self._books[client].queued_symbols
+
     def request(self, client: Any, change: Change) -> None:
         """Apply a client's (un)subscribe, now or after its earlier ones finish."""
         book = self._books[client]
+        self._track_latest(book, change)
         if book.pending is not None or book.queue:
             book.queue.append(change)
+            book.queued_symbols += change.size
             return
         self._start(client, book, change)
 
-    def _start(self, client: Any, book: _Book, change: Change) -> None:
-        new = applied(book.confirmed, change)
+    def _track_latest(self, book: _Book, change: Change) -> None:
+        for channel, symbols in change.channels.items():
+            if change.action == "subscribe":
+                held = book.latest.setdefault(channel, {})
+                before = len(held)
+                held.update(dict.fromkeys(symbols))
+                book.latest_size += len(held) - before
+            else:
+                held = book.latest.get(channel)
+                if held is None:
+                    continue
+                for symbol in symbols:
+                    if held.pop(symbol, 0) is None:
+                        book.latest_size -= 1
+                if not held:
+                    del book.latest[channel]
+
+    def _start(self, client: Any, book: _Book, *changes: Change) -> None:
+        states = []
+        state = book.confirmed
+        for change in changes:
+            state = applied(state, change)
+            states.append(state)
+        new, earlier = states[-1], states[:-1]
         old_keys, new_keys = keys_of(book.confirmed), keys_of(new)
         added = new_keys - old_keys
         self._count(added, +1)
         self._count(old_keys - new_keys, -1)
         if self._link is None:
-            self._confirm(client, book, new)
+            self._confirm(client, book, _Pending(new, set(), earlier=earlier))
             return
         needed = added - self._stable()
         self._refused -= needed  # asked for again: let upstream judge it again
         if not needed:
-            self._confirm(client, book, new, added)
+            self._confirm(client, book, _Pending(new, set(), added, earlier))
             self._reconcile()
             return
-        book.pending = _Pending(new, needed, added - needed)
+        book.pending = _Pending(new, needed, added - needed, earlier)
         self._reconcile()
 
-    def _confirm(self, client: Any, book: _Book, state: State, held: set[Key] = frozenset()) -> None:
-        self._reindex(client, book.confirmed, state)
-        book.confirmed = state
+    def _confirm(self, client: Any, book: _Book, done: _Pending) -> None:
+        self._reindex(client, book.confirmed, done.state)
+        book.confirmed = done.state
         book.pending = None
-        fanout.acknowledge(client, state)
-        if held and self._on_join is not None:
-            self._on_join(client, held)
+        for state in done.earlier:
+            fanout.acknowledge(client, state)
+        fanout.acknowledge(client, done.state)
+        if done.held and self._on_join is not None:
+            self._on_join(client, done.held)
         self._next(client, book)
 
     def _rollback(self, client: Any, book: _Book, code: int) -> None:
@@ -143,13 +205,24 @@ class Router:
         pending_keys, confirmed_keys = keys_of(book.pending.state), keys_of(book.confirmed)
         self._count(pending_keys - confirmed_keys, -1)
         self._count(confirmed_keys - pending_keys, +1)
+        answers = 1 + len(book.pending.earlier)
         book.pending = None
-        fanout.refuse(client, code)
+        # What the client will hold: its confirmed state with the waiting requests on top.
+        book.latest, book.latest_size = {}, 0
+        self._track_latest(book, Change("subscribe", {
+            channel: tuple(symbols) for channel, symbols in book.confirmed.items()}))
+        for change in book.queue:
+            self._track_latest(book, change)
+        for _ in range(answers):
+            fanout.refuse(client, code)
         self._next(client, book)
 
     def _next(self, client: Any, book: _Book) -> None:
         if book.queue and book.pending is None and self._books.get(client) is book:
-            self._start(client, book, book.queue.popleft())
+            changes = list(book.queue)
+            book.queue.clear()
+            book.queued_symbols = 0
+            self._start(client, book, *changes)
 
     # -- upstream ------------------------------------------------------------
 
@@ -168,7 +241,9 @@ class Router:
         self._sent.clear()
         for client, book in list(self._books.items()):
             if book.pending is not None:
-                self._confirm(client, book, book.pending.state)
+                # Upstream streams nothing now: no key is "already held".
+                self._confirm(client, book, _Pending(book.pending.state, set(),
+                                                     earlier=book.pending.earlier))
 
     def settle_waiting(self) -> list[Any]:
         """Answer every waiting request from local state (upstream is too slow to wait for).
@@ -181,7 +256,11 @@ class Router:
         for client, book in list(self._books.items()):
             if book.pending is not None:
                 settled.append(client)
-                self._confirm(client, book, book.pending.state, book.pending.held)
+                self._confirm(client, book, book.pending)
+        # Stop waiting for the answers, or a lost ack would hold back every later
+        # change; late acks still tell what upstream holds.
+        self._sent.clear()
+        self._reconcile()
         return settled
 
     @property
@@ -200,7 +279,8 @@ class Router:
         settled = self._stable() | self._refused
         for client, book in list(self._books.items()):
             if book.pending is not None and book.pending.needed <= settled:
-                self._confirm(client, book, book.pending.state, book.pending.held)
+                self._confirm(client, book, book.pending)
+        self._reconcile()
 
     def upstream_refused(self, code: int) -> Any:
         """Upstream refused our oldest request with an error code.
@@ -246,12 +326,13 @@ class Router:
         return projected
 
     def _reconcile(self) -> None:
-        if self._link is None:
+        if self._link is None or self._sent:
             return
         projected, wanted = self._projected(), set(self._wanted)
+        batch: list[_Sent] = []
         removing = projected - wanted
         if removing:
-            self._send("unsubscribe", removing, None)
+            batch += self._chunks("unsubscribe", removing, None)
         adding = wanted - projected - self._refused
         if adding:
             origin = next(
@@ -259,11 +340,24 @@ class Router:
                  if book.pending is not None and book.pending.needed & adding),
                 None,
             )
-            self._send("subscribe", adding, origin)
+            batch += self._chunks("subscribe", adding, origin)
+        # All of the batch is in flight before any of it is sent: an answer that
+        # comes back at once (a local link) must not start another batch.
+        self._sent.extend(batch)
+        for sent in batch:
+            self._link.send_change(sent.action, sorted(sent.keys))
 
-    def _send(self, action: str, keys: set[Key], origin: Any) -> None:
-        self._sent.append(_Sent(action, frozenset(keys), origin))
-        self._link.send_change(action, sorted(keys))
+    def _chunks(self, action: str, keys: set[Key], origin: Any) -> list[_Sent]:
+        """The change as messages of at most ``CHUNK`` keys; each carries the origin
+        only if it holds keys the origin waits for."""
+        ordered = sorted(keys)
+        pending = self._books[origin].pending if origin is not None else None
+        chunks = []
+        for start in range(0, len(ordered), CHUNK):
+            chunk = frozenset(ordered[start:start + CHUNK])
+            owner = origin if pending is not None and pending.needed & chunk else None
+            chunks.append(_Sent(action, chunk, owner))
+        return chunks
 
     def _count(self, keys: Iterable[Key], delta: int) -> None:
         for key in keys:

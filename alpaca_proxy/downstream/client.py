@@ -17,6 +17,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,13 +28,17 @@ from alpaca_proxy.interfaces import IClient
 from alpaca_proxy.net import set_no_delay
 from alpaca_proxy.refusal import INTERNAL, Refused
 from alpaca_proxy.streams import Stream
-from alpaca_proxy.subscriptions import Change, applied, keys_of
+from alpaca_proxy.subscriptions import Change
 from alpaca_proxy.timers import use_clock
 
 #: Messages a client may send while its auth verdict is pending.
 MAX_BACKLOG = 64
 #: Largest message a client may send (thousands of symbols fit easily).
 MAX_CLIENT_MESSAGE = 16 << 20
+#: Largest message before the client has authenticated (an auth message is ~100 bytes).
+MAX_UNAUTHENTICATED_MESSAGE = 16 << 10
+#: Frames one message may come in (Python SDKs send 32 KiB fragments: 512 for 16 MiB).
+MAX_FRAGMENTS = 1024
 
 
 class _RateLimit:
@@ -159,6 +164,8 @@ class ClientProtocol(WebSocketServerProtocol):
         self._header_credentials = header_credentials(request.headers)
         self._authenticating = False
         self._backlog: deque[Any] = deque()
+        # Until it authenticates, a client may hold very little of the proxy's memory.
+        self.maxMessagePayloadSize = MAX_UNAUTHENTICATED_MESSAGE
         return None
 
     def onOpen(self):
@@ -178,20 +185,44 @@ class ClientProtocol(WebSocketServerProtocol):
             self._log.failure("opening client {peer}", peer=self.peer_name)
             self.dropConnection(abort=True)
 
+    def onMessageBegin(self, isBinary):
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length):
+        # Each frame costs a list entry however small it is: bound their number.
+        self._fragments = getattr(self, "_fragments", 0) + 1
+        if self._fragments > MAX_FRAGMENTS:
+            self._log.info("closing {peer}: a message in more than {limit} frames",
+                           peer=self.peer_name, limit=MAX_FRAGMENTS)
+            self._fail_connection(1009, "message in too many frames")
+            return
+        super().onMessageFrameBegin(length)
+
+    def onPing(self, payload):
+        # A pong is queued like any frame: one that never reads is cut off the same way.
+        if self._sendable and self._room_for(len(payload) + 2):
+            self.sendPong(payload)
+
     def onMessage(self, payload, isBinary):
+        limit = self.factory.proxy.limits.symbols_per_request or MAX_CLIENT_MESSAGE
         try:
-            message = codec.decode(payload)
+            message = codec.decode_client(payload, limit)
         except codec.DecodeError as failure:
             self._undecodable("undecodable payload: %s" % (failure,))
             return
         messages = message if isinstance(message, list) and message else [message]
         for each in messages:
+            if not self._sendable:
+                break  # closed (rate limit, slow, refused): the rest is not worth the work
             self._handle(each)
 
     def onClose(self, wasClean, code, reason):
         self.factory.proxy.clients.discard(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
+        if self._verdict is not None and not self._verdict.called:
+            self._verdict.cancel()  # nobody waits for it now: the session may retire
         if self.session is not None:
             self.factory.proxy.pool.leave(self.session, self)
             self.session = None
@@ -216,9 +247,11 @@ class ClientProtocol(WebSocketServerProtocol):
             return
         self._request(message)
 
+    _verdict = None
+
     def _authenticate(self, credentials) -> None:
         self._authenticating = True
-        verdict = self.factory.proxy.pool.authenticate(self.stream, credentials)
+        verdict = self._verdict = self.factory.proxy.pool.authenticate(self.stream, credentials)
         verdict.addCallbacks(self._authenticated, self._auth_failed)
         verdict.addErrback(lambda f: self._log.failure("auth of {peer}", f, peer=self.peer_name))
 
@@ -229,6 +262,7 @@ class ClientProtocol(WebSocketServerProtocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self.session = session
+        self.maxMessagePayloadSize = MAX_CLIENT_MESSAGE
         self.factory.proxy.pool.join(session, self)
         self._log.info("client {peer} authenticated on {path} as {key}", peer=self.peer_name,
                        path=self.stream.path, key=session.credentials.key)
@@ -237,6 +271,8 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def _auth_failed(self, failure) -> None:
         self._authenticating = False
+        if failure.check(CancelledError):  # the client left first
+            return
         if failure.check(Refused):
             code = failure.value.code
         else:
@@ -262,11 +298,15 @@ class ClientProtocol(WebSocketServerProtocol):
     def _within_limits(self, change: Change) -> bool:
         """Whether a data client's (un)subscribe stays within the proxy's symbol limits."""
         limits = self.factory.proxy.limits
-        if limits.symbols_per_request and change.size > limits.symbols_per_request:
+        per_request = limits.symbols_per_request
+        if per_request and change.size > per_request:
+            return False
+        # Requests waiting behind a pending one count too: pipelining cannot get
+        # past the limits (one more full-size request may wait).
+        if per_request and self.session.queued_symbols(self) + change.size > 2 * per_request:
             return False
         if limits.symbols_per_client and change.action == "subscribe":
-            held = keys_of(applied(self.session.state_of(self), change))
-            return len(held) <= limits.symbols_per_client
+            return self.session.size_after(self, change) <= limits.symbols_per_client
         return True
 
     # -- sending -----------------------------------------------------------------

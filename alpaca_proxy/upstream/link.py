@@ -22,6 +22,7 @@ from typing import Any
 
 from attrs import frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
@@ -233,12 +234,19 @@ class WebSocketLink(MultiService):
         """The websocket is gone (cancel timers, forget what it held)."""
 
     def send(self, message: dict) -> None:
-        if self._protocol is not None:
+        """Send a message upstream; dropped if the websocket is closing or gone.
+
+        A change dropped here is answered from local state (the ack deadline, or
+        the link going down) and sent again with the union once the link is back.
+        """
+        if self.connected:
             self._protocol.sendMessage(*self.encode(message))
 
     @property
     def connected(self) -> bool:
-        return self._protocol is not None
+        """The websocket is open (not closing: a close frame may come long before TCP goes)."""
+        return (self._protocol is not None
+                and self._protocol.state == WebSocketProtocol.STATE_OPEN)
 
     def _authenticated(self) -> None:
         self.ready = True

@@ -24,13 +24,14 @@ from typing import Any, Callable, Mapping
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from alpaca_proxy import fanout
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects import alpaca_data, polygon
-from alpaca_proxy.refusal import AUTH_FAILED, Refused
+from alpaca_proxy.refusal import AUTH_FAILED, CONNECTION_LIMIT, Refused
 from alpaca_proxy.streams import POLYGON, TRADING, Stream
 from alpaca_proxy.upstream.alpaca_data import AlpacaDataLink
 from alpaca_proxy.upstream.alpaca_trading import TradingLink, TradingSession
@@ -44,6 +45,19 @@ VERDICT_WAIT = 2.5
 #: How long upstream's refusal of a key pair (402, 409, ...) is answered locally:
 #: clients that retry at once (alpaca-trade-api: every 10 ms) must not hammer it.
 REFUSAL_MEMORY = 60.0
+#: Refused pairs remembered at most, and key ids whose failures are counted (the
+#: oldest are forgotten first).
+MAX_REMEMBERED = 1024
+#: Longest key id and secret taken (Alpaca's are 20 and 40 characters; OAuth
+#: tokens and Polygon keys are longer, and far below these).
+MAX_KEY = 128
+MAX_SECRET = 1024
+#: After upstream refuses a key id n >= 2 times in a row, a new pair for it is
+#: tried only 2**(n-2) seconds after the last refusal, at most this long.  A pair
+#: upstream accepted before is never held back.
+THROTTLE_CAP = 30.0
+#: Upstream sessions open at once, by default (an account on one stream each).
+DEFAULT_MAX_SESSIONS = 64
 
 
 class UpstreamPool(MultiService):
@@ -63,6 +77,7 @@ class UpstreamPool(MultiService):
         trust_root: Any = None,
         polygon_url: Callable[[], str] | None = None,
         polygon_accounts: Mapping[str, Credentials] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -80,16 +95,26 @@ class UpstreamPool(MultiService):
         #: CAs that upstream TLS certificates must chain to (None: the platform's).
         self._trust_root = trust_root
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._max_sessions = max_sessions
         self._retirements: dict[Session, Any] = {}
-        #: (key, path) -> (credentials refused, code, until when)
+        #: (key, path) -> (credentials refused, code, until when); oldest first.
         self._refusals: dict[tuple[str, str], tuple[Credentials, int, float]] = {}
+        #: key id -> (refusals in a row, when the last one came); oldest first.
+        self._failures: dict[str, tuple[int, float]] = {}
+        #: key id -> fingerprint of the pair upstream last accepted for it.
+        self._accepted: dict[str, str] = {}
 
     @property
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
     def authenticate(self, stream: Stream, credentials: Credentials) -> Deferred:
-        """A Deferred firing with the session a client may join, or ``Refused``."""
+        """A Deferred firing with the session a client may join, or ``Refused``.
+
+        Cancelling it (the client left) lets an unused session retire.
+        """
+        if not (0 < len(credentials.key) <= MAX_KEY and 0 < len(credentials.secret) <= MAX_SECRET):
+            return fail(Refused(AUTH_FAILED))
         configured = None
         accounts = self._polygon_accounts if stream.kind == POLYGON else self._accounts
         if accounts is not None:
@@ -105,20 +130,66 @@ class UpstreamPool(MultiService):
                 return fail(Refused(code))
         session = self._sessions.get((credentials.key, stream.path))
         if session is not None and not session.credentials.matches(credentials):
-            return fail(Refused(AUTH_FAILED))
+            if session.verified or configured is not None:
+                return fail(Refused(AUTH_FAILED))
+            # Another pair for this key id is being tried: one attempt at a time per
+            # key id, so wrong pairs cannot stand in the right one's way for long.
+            return self._retry_after(session.verdict(), stream, credentials)
         if session is None:
+            wait = self._throttle(credentials)
+            if wait > 0:
+                return self._retry_after(deferLater(self._clock, wait, lambda: None),
+                                         stream, credentials)
+            if self._max_sessions and len(self._sessions) >= self._max_sessions:
+                self._log.warn("refusing a new upstream session for {path}: {count} are open,"
+                               " the limit (--max-upstreams)", path=stream.path,
+                               count=len(self._sessions))
+                return fail(Refused(CONNECTION_LIMIT))
             session = self._open(stream, configured or credentials)
         verdict = session.verdict()
         if configured is not None and not verdict.called:
             # Locally verified: don't keep the client waiting on a slow upstream.
             verdict = _first(verdict, VERDICT_WAIT, self._clock)
+        session.waiting += 1
 
         def settled(outcome: Any) -> Any:
-            # The client joins (cancelling this) unless it failed or left meanwhile.
+            # The client joins (cancelling the retirement) unless it failed or left.
+            session.waiting -= 1
+            if session.verified:
+                self._failures.pop(session.credentials.key, None)
+                _remember(self._accepted, session.credentials.key,
+                          session.credentials.fingerprint)
             self._maybe_retire(session)
             return outcome
 
         return verdict.addBoth(settled).addCallback(lambda _: session)
+
+    def _retry_after(self, event: Deferred, stream: Stream, credentials: Credentials) -> Deferred:
+        """Authenticate again once ``event`` fires (whatever its outcome)."""
+        cancelled = []
+
+        def cancel(_: Deferred) -> None:
+            cancelled.append(True)
+            event.cancel()
+
+        retried: Deferred = Deferred(cancel)
+
+        def again(_: Any) -> None:
+            if not cancelled:
+                self.authenticate(stream, credentials).chainDeferred(retried)
+
+        event.addBoth(again)
+        return retried
+
+    def _throttle(self, credentials: Credentials) -> float:
+        """Seconds before this pair may be tried upstream (0: now)."""
+        failures = self._failures.get(credentials.key)
+        if failures is None or failures[0] < 2:
+            return 0.0
+        if self._accepted.get(credentials.key) == credentials.fingerprint:
+            return 0.0
+        count, last = failures
+        return min(THROTTLE_CAP, 2.0 ** (count - 2)) - (self._clock.seconds() - last)
 
     def join(self, session: Session, client: Any) -> None:
         """Attach an authenticated client to its session."""
@@ -178,7 +249,10 @@ class UpstreamPool(MultiService):
         """Upstream refused the account: stop dialling, tell the clients, forget it."""
         fanout.account_refused(session.clients, code)
         key = (session.credentials.key, session.stream.path)
-        self._refusals[key] = (session.credentials, code, self._clock.seconds() + REFUSAL_MEMORY)
+        now = self._clock.seconds()
+        _remember(self._refusals, key, (session.credentials, code, now + REFUSAL_MEMORY))
+        count = self._failures.pop(session.credentials.key, (0, now))[0]
+        _remember(self._failures, session.credentials.key, (count + 1, now))
         if self._sessions.get(key) is session:
             del self._sessions[key]
             pending = self._retirements.pop(session, None)
@@ -192,6 +266,14 @@ class UpstreamPool(MultiService):
                 pending.cancel()
         self._retirements.clear()
         return super().stopService()
+
+
+def _remember(memory: dict, key: Any, value: Any) -> None:
+    """Insert as the newest entry; forget the oldest past ``MAX_REMEMBERED``."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > MAX_REMEMBERED:
+        del memory[next(iter(memory))]
 
 
 def _first(verdict: Deferred, timeout: float, clock: Any) -> Deferred:

@@ -12,6 +12,7 @@ States: ``connecting``, ``authenticating``, ``ready``, ``refused``.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -22,7 +23,7 @@ from alpaca_proxy import codec, fanout
 from alpaca_proxy.books import OrderBooks
 from alpaca_proxy.counters import RateMeter
 from alpaca_proxy.credentials import Credentials
-from alpaca_proxy.interfaces import ISession
+from alpaca_proxy.interfaces import IDataSession, ISession
 from alpaca_proxy.refusal import Refused
 from alpaca_proxy.router import Router
 from alpaca_proxy.streams import Stream
@@ -32,6 +33,12 @@ from alpaca_proxy.upstream.link import IDataReceiver
 #: Seconds a client's request waits for upstream's ack before it is answered from
 #: local state (the Go SDK waits 3 s for an ack, then gives up on the connection).
 ACK_DEADLINE = 2.5
+#: Upstream (un)subscribe messages per second a session never exceeds on average,
+#: and the burst it may send at once.  The router already sends nothing while a
+#: request is in flight, so this only bites when upstream answers very fast and
+#: clients churn, or when a large union goes up in many chunks.
+CHANGES_PER_SECOND = 20.0
+CHANGE_BURST = 10
 
 
 @implementer(ISession)
@@ -55,6 +62,8 @@ class Session:
         self.on_refused: Callable[["Session", int], None] | None = None
         self._verdict_waiters: list[Deferred] = []
         self._down_waiters: list[Deferred] = []
+        #: Clients waiting for this session's verdict (they keep it from retiring).
+        self.waiting = 0
         #: For the status page and /metrics.
         self.incoming = RateMeter()
         self.bytes_in = 0
@@ -86,8 +95,8 @@ class Session:
 
     @property
     def idle(self) -> bool:
-        """No client is attached."""
-        return not self.clients
+        """No client is attached or waiting to be."""
+        return not self.clients and not self.waiting
 
     @property
     def subscription_count(self) -> int:
@@ -121,7 +130,8 @@ class Session:
         self.verified = True
         self._verdict_waiters, waiters = [], self._verdict_waiters
         for waiter in waiters:
-            waiter.callback(None)
+            if not waiter.called:  # a client that left cancelled it
+                waiter.callback(None)
         self._ready()
 
     def link_refused(self, code: int) -> None:
@@ -129,7 +139,8 @@ class Session:
         self.refusal = code
         self._verdict_waiters, waiters = [], self._verdict_waiters
         for waiter in waiters:
-            waiter.errback(Refused(code))
+            if not waiter.called:
+                waiter.errback(Refused(code))
         if self.on_refused is not None:
             self.on_refused(self, code)
 
@@ -154,7 +165,7 @@ class Session:
         """The link went down."""
 
 
-@implementer(IDataReceiver)
+@implementer(IDataReceiver, IDataSession)
 class DataSession(Session):
     """A market-data session: the router's books over one link, and the fan-out.
 
@@ -172,16 +183,17 @@ class DataSession(Session):
         self._last_data = 0.0
         self._silence_check: Any = None
         self._ack_deadline: Any = None
+        #: Changes the router sent that wait for the pace (a token bucket).
+        self._outbox: deque[tuple[str, list[Key]]] = deque()
+        self._tokens = float(CHANGE_BURST)
+        self._tokens_at = clock.seconds()
+        self._pacer: Any = None
 
     # -- for clients -------------------------------------------------------------
 
     @property
     def clients(self) -> list[Any]:
         return list(self.router.clients)
-
-    @property
-    def idle(self) -> bool:
-        return not len(self.router)
 
     @property
     def subscription_count(self) -> int:
@@ -202,12 +214,32 @@ class DataSession(Session):
     def subscriptions_of(self, client: Any) -> int:
         return sum(len(symbols) for symbols in self.state_of(client).values())
 
+    def size_after(self, client: Any, change: Change) -> int:
+        return self.router.size_after(client, change)
+
+    def queued_symbols(self, client: Any) -> int:
+        return self.router.queued_symbols(client)
+
     # -- for the router: the upstream side ---------------------------------------
 
     def send_change(self, action: str, keys: list[Key]) -> None:
-        self.link.send_change(action, keys)
+        self._outbox.append((action, keys))
+        self._send_paced()
         if self._ack_deadline is None or not self._ack_deadline.active():
             self._ack_deadline = self.clock.callLater(ACK_DEADLINE, self._settle_waiting)
+
+    def _send_paced(self) -> None:
+        self._pacer = None
+        now = self.clock.seconds()
+        self._tokens = min(float(CHANGE_BURST),
+                           self._tokens + (now - self._tokens_at) * CHANGES_PER_SECOND)
+        self._tokens_at = now
+        while self._outbox and self._tokens >= 1:
+            self._tokens -= 1
+            self.link.send_change(*self._outbox.popleft())
+        if self._outbox and self._pacer is None:
+            wait = (1 - self._tokens) / CHANGES_PER_SECOND
+            self._pacer = self.clock.callLater(wait, self._send_paced)
 
     def _settle_waiting(self) -> None:
         """Clients must not wait on a slow upstream for their ack (Go gives up after 3 s)."""
@@ -229,10 +261,11 @@ class DataSession(Session):
         self.router.upstream_ready(self)
 
     def _down(self, was_ready: bool) -> None:
-        for call in (self._silence_check, self._ack_deadline):
+        for call in (self._silence_check, self._ack_deadline, self._pacer):
             if call is not None and call.active():
                 call.cancel()
-        self._silence_check = self._ack_deadline = None
+        self._silence_check = self._ack_deadline = self._pacer = None
+        self._outbox.clear()  # the union goes up whole once the link is ready again
         if was_ready:
             self.books.clear()  # upstream sends fresh books after the resubscription
             self.router.upstream_lost()

@@ -165,6 +165,7 @@ class HandlerFuzzTests(SynchronousTestCase):
             self.send(client, {"action": "auth", "key": "k", "secret": "s"})
         transport.clear()
         client.dataReceived(client_frame(payload, opcode))
+        self.clock.advance(0.5)  # the session paces what it sends upstream
         frames = server_frames(transport.value())
         self.assertTrue(frames or transport.disconnecting, (payload[:80], frames))
         closes = [f for f in frames if f[0] == 8]

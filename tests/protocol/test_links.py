@@ -7,6 +7,7 @@ fed to the link as frames.  No sockets.
 import json
 
 import msgpack
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +27,7 @@ class Wire:
     """Stands in for the websocket: records what the link sends."""
 
     cause = None
+    state = WebSocketProtocol.STATE_OPEN
 
     def __init__(self):
         self.sent = []

@@ -197,14 +197,16 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(self.router.route([("trades", ["AAPL"])]), {})
 
     def test_resubscribe_while_unsubscribe_in_flight(self):
-        """A key re-added while its removal is in flight is asked for again and awaited."""
+        """A key re-added while its removal is in flight is asked for again once the
+        removal is answered, and awaited."""
         self.ready()
         self.router.request(self.a, sub(trades=["AAPL"]))
         self.router.upstream_acked({("trades", "AAPL")})
         self.router.request(self.a, unsub(trades=["AAPL"]))
         self.router.request(self.b, sub(trades=["AAPL"]))
-        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "AAPL")]))
+        self.assertEqual(self.link.sent[-1], ("unsubscribe", [("trades", "AAPL")]))
         self.router.upstream_acked(set())
+        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "AAPL")]))
         self.assertEqual(self.b.acks, [])
         self.router.upstream_acked({("trades", "AAPL")})
         self.assertEqual(self.b.acks, [{"trades": ["AAPL"]}])
@@ -250,3 +252,79 @@ class SettleTests(SynchronousTestCase):
         self.assertEqual(router.recipients("trades", ["AAPL"]), {a})
         router.upstream_acked({("trades", "AAPL")})
         self.assertEqual(len(a.acks), 1)
+
+
+class CoalescingTests(SynchronousTestCase):
+    """Isolation: what one client's churn and size can cost upstream and the others."""
+
+    def setUp(self):
+        self.router, self.link = Router(), FakeLink()
+        self.a, self.b = FakeClient("a"), FakeClient("b")
+        self.router.attach(self.a)
+        self.router.attach(self.b)
+        self.router.upstream_ready(self.link)
+
+    def test_churn_while_in_flight_is_coalesced(self):
+        """Flipping a symbol on and off while a request is in flight sends nothing more
+        until it is answered, then only the net difference."""
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        for _ in range(50):
+            self.router.request(self.b, sub(quotes=["X"]))
+            self.router.request(self.b, unsub(quotes=["X"]))
+        self.router.request(self.b, sub(quotes=["Y"]))
+        self.assertEqual(self.link.sent, [("subscribe", [("trades", "AAPL")])])
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.assertEqual(self.link.sent[1:], [("subscribe", [("quotes", "X")])])
+        self.router.upstream_acked({("trades", "AAPL"), ("quotes", "X")})
+        # b's 100 waiting requests are taken up together: their net effect goes up once.
+        self.assertEqual(self.link.sent[2:], [("unsubscribe", [("quotes", "X")]),
+                                              ("subscribe", [("quotes", "Y")])])
+        self.router.upstream_acked({("trades", "AAPL")})
+        self.router.upstream_acked({("trades", "AAPL"), ("quotes", "Y")})
+        self.assertEqual(len(self.b.acks), 101)
+        self.assertEqual(self.b.acks[1], {})
+        self.assertEqual(self.b.acks[2], {"quotes": ["X"]})
+        self.assertEqual(self.b.acks[-1], {"quotes": ["Y"]})
+        self.assertEqual(len(self.link.sent), 4)
+
+    def test_large_changes_go_up_in_chunks_each_acknowledged(self):
+        """2,500 keys go up as three messages of at most 1,000; the client's ack waits
+        for the last of them."""
+        symbols = ["S%04d" % i for i in range(2500)]
+        self.router.request(self.a, sub(trades=symbols))
+        self.assertEqual([len(keys) for _, keys in self.link.sent], [1000, 1000, 500])
+        union = set()
+        for _, keys in self.link.sent:
+            self.assertEqual(self.a.acks, [])
+            union |= set(keys)
+            self.router.upstream_acked(set(union))
+        self.assertEqual(len(self.a.acks), 1)
+        self.assertEqual(union, {("trades", s) for s in symbols})
+
+    def test_a_refused_chunk_rolls_back_its_client(self):
+        """Upstream refusing one chunk refuses the request that carried it."""
+        self.router.request(self.a, sub(trades=["S%04d" % i for i in range(1500)]))
+        self.router.upstream_refused(405)
+        self.assertEqual(self.a.errors, [405])
+        self.assertEqual(self.router.state(self.a), {})
+        self.assertEqual(self.router.size_after(self.a, sub()), 0)
+
+    def test_settling_lets_the_next_change_go_up(self):
+        """A lost ack does not hold later changes back past the deadline."""
+        self.router.request(self.a, sub(trades=["AAPL"]))
+        self.router.request(self.b, sub(trades=["MSFT"]))
+        self.assertEqual(len(self.link.sent), 1)
+        self.router.settle_waiting()
+        self.assertEqual(self.link.sent[-1], ("subscribe", [("trades", "AAPL"), ("trades", "MSFT")]))
+
+    def test_limits_count_waiting_requests(self):
+        """size_after counts what the client's queued requests will add; queued symbols
+        are counted until they are taken up (all together)."""
+        self.router.request(self.a, sub(trades=["A", "B"]))
+        self.router.request(self.a, sub(trades=["B", "C"]))
+        self.router.request(self.a, unsub(trades=["A"]))
+        self.assertEqual(self.router.size_after(self.a, sub(trades=["C", "D"], quotes=["A"])), 4)
+        self.assertEqual(self.router.queued_symbols(self.a), 3)
+        self.router.upstream_acked({("trades", "A"), ("trades", "B")})
+        self.assertEqual(self.router.queued_symbols(self.a), 0)
+        self.assertEqual(self.router.size_after(self.a, sub()), 2)
