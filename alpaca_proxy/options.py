@@ -42,6 +42,11 @@ ENVIRONMENT = {
     "ping-timeout": "ALPACA_PROXY_PING_TIMEOUT",
     "silence-timeout": "ALPACA_PROXY_SILENCE_TIMEOUT",
     "polygon-url": "ALPACA_PROXY_POLYGON_URL",
+    "max-clients-per-address": "ALPACA_PROXY_MAX_CLIENTS_PER_ADDRESS",
+    "max-upstreams": "ALPACA_PROXY_MAX_UPSTREAMS",
+    "client-ping-interval": "ALPACA_PROXY_CLIENT_PING_INTERVAL",
+    "client-ping-timeout": "ALPACA_PROXY_CLIENT_PING_TIMEOUT",
+    "allow-host": "ALPACA_PROXY_ALLOW_HOST",
 }
 
 #: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
@@ -89,9 +94,22 @@ class Options(usage.Options):
         ["client-buffer", None, 8 << 20,
          "Bytes that may pile up for a client that stopped reading; then it gets 407"
          " and is closed [env ALPACA_PROXY_CLIENT_BUFFER].", int],
-        ["max-clients", None, 0,
+        ["max-clients", None, 1000,
          "Clients connected at once; more get HTTP 503; 0 no limit"
          " [env ALPACA_PROXY_MAX_CLIENTS].", int],
+        ["max-clients-per-address", None, 256,
+         "Clients connected at once from one IP address; more get HTTP 503; 0 no limit"
+         " [env ALPACA_PROXY_MAX_CLIENTS_PER_ADDRESS].", int],
+        ["max-upstreams", None, 64,
+         "Upstream connections (an account on one stream each) open at once; a client"
+         " that would need one more gets 406; 0 no limit [env ALPACA_PROXY_MAX_UPSTREAMS].",
+         int],
+        ["client-ping-interval", None, 30.0,
+         "Seconds between pings to each client; 0 never [env"
+         " ALPACA_PROXY_CLIENT_PING_INTERVAL].", float],
+        ["client-ping-timeout", None, 30.0,
+         "Seconds without a pong before a client is dropped"
+         " [env ALPACA_PROXY_CLIENT_PING_TIMEOUT].", float],
         ["max-symbols", None, 20000,
          "Channel/symbol pairs one client may hold (else 405)"
          " [env ALPACA_PROXY_MAX_SYMBOLS].", int],
@@ -108,6 +126,10 @@ class Options(usage.Options):
          "Comma-separated web origins whose pages may open websockets (e.g."
          " http://localhost:3000, or *); others are refused with 403, clients that send no"
          " Origin (SDKs) are never affected [env ALPACA_PROXY_ALLOW_ORIGIN]."],
+        ["allow-host", None, "",
+         "Comma-separated host names HTTP requests may name in their Host header while"
+         " the proxy listens on loopback (localhost and loopback addresses always may);"
+         " others get 403, against DNS rebinding [env ALPACA_PROXY_ALLOW_HOST]."],
         ["ca-bundle", None, None,
          "PEM file of CAs that upstream TLS certificates must chain to, instead of the"
          " system's (e.g. a corporate proxy's) [env ALPACA_PROXY_CA_BUNDLE]."],
@@ -123,6 +145,9 @@ class Options(usage.Options):
     optFlags = [
         ["simulate", None,
          "Serve a built-in simulated market instead of Alpaca [env ALPACA_PROXY_SIMULATE=true]."],
+        ["access-log", None,
+         "Log a line per HTTP request, the status page's polling included"
+         " [env ALPACA_PROXY_ACCESS_LOG=true]."],
         ["use-polygon", None,
          "Serve Polygon/Massive's protocol at / (its stocks cluster) instead of Alpaca's;"
          " /{market} paths are served either way [env USE_POLYGON=true]."],
@@ -142,6 +167,8 @@ class Options(usage.Options):
             self["simulate"] = 1
         if self._environ.get("USE_POLYGON", "").strip().lower() in _TRUE:
             self["use-polygon"] = 1
+        if self._environ.get("ALPACA_PROXY_ACCESS_LOG", "").strip().lower() in _TRUE:
+            self["access-log"] = 1
 
     def parseOptions(self, options=None) -> None:
         """Parse, turning any usage error into one line on stderr and exit status 1.
@@ -159,9 +186,12 @@ class Options(usage.Options):
                               ("ping-timeout", 1.0), ("silence-timeout", 0.0),
                               ("max-clients", 0), ("max-symbols", 0),
                               ("max-request-symbols", 0), ("max-rate", 0.0),
-                              ("health-grace", 0.0)):
+                              ("health-grace", 0.0), ("max-clients-per-address", 0),
+                              ("max-upstreams", 0), ("client-ping-interval", 0.0),
+                              ("client-ping-timeout", 1.0)):
             self[name] = _number(name, self[name], minimum)
-        for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols"):
+        for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols",
+                     "max-clients-per-address", "max-upstreams"):
             self[name] = int(self[name])
         _check_listen(self["listen"])
         self["polygon-url"] = POLYGON_CLUSTERS.get(self["polygon-url"], self["polygon-url"])
@@ -184,6 +214,11 @@ class Options(usage.Options):
         self["polygon-accounts"] = {c.key: c for c in keys} or None
         self["origins"] = frozenset(o.strip() for o in self["allow-origin"].split(",")
                                     if o.strip())
+        #: Host names HTTP requests may name; None: any (not listening on loopback only).
+        self["hosts"] = None
+        if _loopback_only(self["listen"]):
+            self["hosts"] = frozenset(h.strip().lower() for h in self["allow-host"].split(",")
+                                      if h.strip())
         self["trust-root"] = None
         if self["ca-bundle"]:
             try:
@@ -208,6 +243,15 @@ def _check_listen(description: str) -> None:
         serverFromString(None, description)
     except Exception as problem:
         raise usage.UsageError("--listen: bad endpoint %r: %s" % (description, problem)) from None
+
+
+def _loopback_only(description: str) -> bool:
+    """Whether a listen endpoint string binds only loopback addresses."""
+    interface = re.search(r"(?:^|:)interface=([^:]+)", description.replace("\\:", "\0"))
+    if interface is None:
+        return False  # all interfaces, a unix socket or a systemd socket: no Host rule
+    address = interface.group(1).replace("\0", ":").strip("[]").lower()
+    return address == "localhost" or address == "::1" or address.startswith("127.")
 
 
 def _check_url(name: str, value: str) -> str:

@@ -54,6 +54,11 @@ class Settings:
     auth_timeout: float = 10.0
     origins: frozenset[str] = field(default=frozenset(), converter=frozenset)
     health_grace: float = DEFAULT_HEALTH_GRACE
+    #: Host names HTTP requests may name besides loopback ones; None: any.
+    hosts: frozenset[str] | None = None
+    #: Upstream sessions open at once (0: no limit).
+    max_upstreams: int = 64
+    access_log: bool = False
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
@@ -71,11 +76,15 @@ class Settings:
                           symbols_per_request=options["max-request-symbols"],
                           symbols_per_client=options["max-symbols"],
                           messages_per_second=options["max-rate"],
-                          clients=options["max-clients"]),
+                          clients=options["max-clients"],
+                          clients_per_address=options["max-clients-per-address"],
+                          ping_interval=options["client-ping-interval"],
+                          ping_timeout=options["client-ping-timeout"]),
             default_feed=options["feed"],
             polygon_root="stocks" if options["use-polygon"] else None,
             auth_timeout=options["auth-timeout"], origins=options["origins"],
-            health_grace=options["health-grace"],
+            health_grace=options["health-grace"], hosts=options["hosts"],
+            max_upstreams=options["max-upstreams"], access_log=bool(options["access-log"]),
         )
 
 
@@ -103,11 +112,13 @@ def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
                         trading_url=settings.trading_url, linger=settings.linger, clock=clock,
                         liveness=settings.liveness, trust_root=settings.trust_root,
                         polygon_url=settings.polygon_url,
-                        polygon_accounts=settings.polygon_accounts)
+                        polygon_accounts=settings.polygon_accounts,
+                        max_sessions=settings.max_upstreams)
     proxy = Proxy(clock=clock, pool=pool, limits=settings.limits,
                   default_feed=settings.default_feed, polygon_root=settings.polygon_root,
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
-                  health_grace=settings.health_grace)
+                  health_grace=settings.health_grace, hosts=settings.hosts,
+                  access_log=settings.access_log)
     site = StreamSite(proxy, data=ClientFactory(proxy, AlpacaDataProtocol),
                       trading=ClientFactory(proxy, TradingProtocol),
                       polygon=ClientFactory(proxy, PolygonProtocol))

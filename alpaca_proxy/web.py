@@ -15,16 +15,25 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from alpaca_proxy import streams
 from alpaca_proxy.codec import to_json
+from alpaca_proxy.logs import short
 from alpaca_proxy.metrics import registry_for
 from alpaca_proxy.status import healthy, snapshot
 
 
 _PAGE = resources.files("alpaca_proxy").joinpath("status.html").read_bytes()
+
+#: Seconds a connection has, from accept, to send a whole request head: a client
+#: sending a byte now and then must not hold a descriptor for ever (slowloris).
+REQUEST_DEADLINE = 10.0
+#: Seconds an HTTP connection may sit idle between requests before it is closed.
+IDLE_TIMEOUT = 30.0
 
 
 class StreamsResource(Resource):
@@ -41,6 +50,15 @@ class StreamsResource(Resource):
         self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats))
 
     def render(self, request: Any) -> bytes:
+        host = request.getHeader(b"host")
+        if host is not None and not self._proxy.host_allowed(host.decode("latin-1")):
+            # DNS rebinding: a page on another domain resolving to 127.0.0.1.
+            self._proxy.stats.refused[403] += 1
+            self._proxy.notes.warn("host", "refusing an HTTP request for host {host}"
+                                   " (--allow-host)", host=short(host.decode("latin-1")))
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"host not allowed: see --allow-host\n"
         path = request.path.decode("latin-1")
         upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
         if not upgrade:
@@ -91,9 +109,49 @@ class StreamsResource(Resource):
         return None
 
 
+class _Channel(HTTPChannel):
+    """An HTTP connection that must send its request head within a deadline."""
+
+    _log = Logger()
+    _head_deadline = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._head_deadline = self.callLater(REQUEST_DEADLINE, self._too_slow)
+
+    def allHeadersReceived(self) -> None:
+        self._stop_deadline()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _too_slow(self) -> None:
+        self._head_deadline = None
+        self.site.proxy.notes.warn("slow-request", "closing {peer}: no complete request"
+                                   " within {deadline}s", peer=str(self.transport.getPeer()),
+                                   deadline=REQUEST_DEADLINE)
+        self.transport.abortConnection()
+
+
 class StreamSite(Site):
     """The site, knowing the proxy whose clients it serves."""
 
+    protocol = _Channel
+    noisy = False
+
     def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any) -> None:
-        super().__init__(StreamsResource(proxy, data, trading, polygon))
+        super().__init__(StreamsResource(proxy, data, trading, polygon),
+                         timeout=IDLE_TIMEOUT, reactor=proxy.clock)
         self.proxy = proxy
+
+    def log(self, request: Any) -> None:
+        """An access line per request only with --access-log (the page polls every 2 s)."""
+        if self.proxy.access_log:
+            super().log(request)

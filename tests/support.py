@@ -134,7 +134,8 @@ class Harness:
         self._linger = linger
         self._tls = tls
         self._liveness = liveness
-        self._limits = limits or Limits()
+        # No pings to clients unless a test asks: its Clock would send them at odd times.
+        self._limits = limits or Limits(ping_interval=0)
         #: With a host name: upstream speaks TLS with a certificate for "localhost",
         #: and the proxy dials wss://{upstream_tls}, trusting that CA if asked to.
         self._upstream_tls = upstream_tls

@@ -33,6 +33,7 @@ from alpaca_proxy.dialects.alpaca_data import (
     AUTHENTICATED, DIALECTS, WELCOME, Auth, ProtocolError, error,
 )
 from alpaca_proxy.downstream.client import ClientProtocol
+from alpaca_proxy.logs import short
 
 
 class AlpacaDataProtocol(ClientProtocol):
@@ -85,8 +86,9 @@ class AlpacaDataProtocol(ClientProtocol):
         self._bad_input(400, why)
 
     def _bad_input(self, code: int, why: str) -> None:
-        self._log.info("client {peer} on {path}: {code} ({why})", peer=self.peer_name,
-                       path=self.stream.path, code=code, why=why)
+        self.factory.proxy.notes.warn("bad-input", "client {peer} on {path}: {code} ({why})",
+                                      peer=self.peer_name, path=self.stream.path, code=code,
+                                      why=short(why))
         self.send_control(error(code))
 
     def _auth_accepted(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from alpaca_proxy import streams
 from alpaca_proxy.dialects import alpaca_trading
 from alpaca_proxy.downstream.client import ClientProtocol
+from alpaca_proxy.logs import short
 
 
 class TradingProtocol(ClientProtocol):
@@ -46,8 +47,8 @@ class TradingProtocol(ClientProtocol):
             self.send_message(alpaca_trading.listening(request.streams))
 
     def _undecodable(self, why: str) -> None:
-        self._log.info("client {peer} on {path}: bad input ({why})", peer=self.peer_name,
-                       path=self.stream.path, why=why)
+        self.factory.proxy.notes.warn("bad-input", "client {peer} on {path}: bad input ({why})",
+                                      peer=self.peer_name, path=self.stream.path, why=short(why))
         self.send_message(alpaca_trading.error("invalid syntax"))
 
     def _auth_accepted(self) -> None:

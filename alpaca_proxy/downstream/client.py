@@ -25,8 +25,9 @@ from zope.interface import implementer
 from alpaca_proxy import __version__, codec
 from alpaca_proxy.credentials import header_credentials
 from alpaca_proxy.interfaces import IClient
+from alpaca_proxy.logs import short
 from alpaca_proxy.net import set_no_delay
-from alpaca_proxy.refusal import INTERNAL, Refused
+from alpaca_proxy.refusal import AUTH_FAILED, INTERNAL, Refused
 from alpaca_proxy.streams import Stream
 from alpaca_proxy.subscriptions import Change
 from alpaca_proxy.timers import use_clock
@@ -137,30 +138,37 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- websocket events ------------------------------------------------------
 
     def onConnect(self, request):
+        proxy = self.factory.proxy
+        self.peer_name = short(request.peer)
+        self.peer_host = getattr(self.transport.getPeer(), "host", "?")
         stream = self._resolve(request.path)
         if stream is None:
-            self._log.info("refusing {peer}: unknown path {path}", peer=request.peer,
-                           path=request.path)
-            self.factory.proxy.stats.refused[404] += 1
+            self._refuse_handshake(404, "unknown-path", "refusing {peer}: unknown path {path}",
+                                   path=short(request.path))
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown stream path")
         origin = request.headers.get("origin")
-        if origin is not None and not self.factory.proxy.origin_allowed(origin):
+        if origin is not None and not proxy.origin_allowed(origin):
             # A web page in the user's browser must not drive the local proxy.
-            self._log.warn("refusing {peer}: websocket from web origin {origin} not allowed",
-                           peer=request.peer, origin=origin)
-            self.factory.proxy.stats.refused[403] += 1
+            self._refuse_handshake(403, "origin", "refusing {peer}: websocket from web origin"
+                                   " {origin} not allowed", origin=short(origin))
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        limit = self.factory.proxy.limits.clients
-        if limit and len(self.factory.proxy.clients) >= limit:
-            self._log.warn("refusing {peer}: {count} clients connected, the limit",
-                           peer=request.peer, count=len(self.factory.proxy.clients))
-            self.factory.proxy.stats.refused[503] += 1
+        limits = proxy.limits
+        if limits.clients and len(proxy.clients) >= limits.clients:
+            self._refuse_handshake(503, "client-limit", "refusing {peer}: {count} clients"
+                                   " connected, the limit (--max-clients)",
+                                   count=len(proxy.clients))
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
-        self._rate = _RateLimit(self.factory.proxy.clock, self.factory.proxy.limits.messages_per_second)
+        if (limits.clients_per_address
+                and proxy.addresses[self.peer_host] >= limits.clients_per_address):
+            self._refuse_handshake(503, "address-limit", "refusing {peer}: {count} clients"
+                                   " connected from its address, the limit"
+                                   " (--max-clients-per-address)",
+                                   count=proxy.addresses[self.peer_host])
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
+        self._rate = _RateLimit(proxy.clock, limits.messages_per_second)
         self.stream = stream
         self.content_type = request.headers.get("content-type")
         self.encoding = codec.encoding_for(self.content_type)
-        self.peer_name = request.peer
         self._header_credentials = header_credentials(request.headers)
         self._authenticating = False
         self._backlog: deque[Any] = deque()
@@ -168,17 +176,21 @@ class ClientProtocol(WebSocketServerProtocol):
         self.maxMessagePayloadSize = MAX_UNAUTHENTICATED_MESSAGE
         return None
 
+    def _refuse_handshake(self, status: int, kind: str, format: str, **fields: Any) -> None:
+        self.factory.proxy.stats.refused[status] += 1
+        self.factory.proxy.notes.warn(kind, format, peer=self.peer_name, status=status, **fields)
+
     def onOpen(self):
         try:
-            self._log.info("client {peer} connected to {path} ({encoding})", peer=self.peer_name,
-                           path=self.stream.path, encoding=self.encoding.name)
-            self.factory.proxy.clients.add(self)
-            self.connected_at = self.factory.proxy.clock.seconds()
+            proxy = self.factory.proxy
+            proxy.clients.add(self)
+            proxy.addresses[self.peer_host] += 1
+            self._counted = True
+            self.connected_at = proxy.clock.seconds()
             set_no_delay(self.transport)
             self._watch_backpressure()
             self._opened()
-            self._deadline = self.factory.proxy.clock.callLater(
-                self.factory.proxy.auth_timeout, self._auth_timed_out)
+            self._deadline = proxy.clock.callLater(proxy.auth_timeout, self._auth_timed_out)
             if self._header_credentials is not None:
                 self._authenticate(self._header_credentials)
         except Exception:
@@ -193,8 +205,9 @@ class ClientProtocol(WebSocketServerProtocol):
         # Each frame costs a list entry however small it is: bound their number.
         self._fragments = getattr(self, "_fragments", 0) + 1
         if self._fragments > MAX_FRAGMENTS:
-            self._log.info("closing {peer}: a message in more than {limit} frames",
-                           peer=self.peer_name, limit=MAX_FRAGMENTS)
+            self.factory.proxy.notes.warn("fragments", "closing {peer}: a message in more"
+                                          " than {limit} frames", peer=self.peer_name,
+                                          limit=MAX_FRAGMENTS)
             self._fail_connection(1009, "message in too many frames")
             return
         super().onMessageFrameBegin(length)
@@ -217,12 +230,22 @@ class ClientProtocol(WebSocketServerProtocol):
                 break  # closed (rate limit, slow, refused): the rest is not worth the work
             self._handle(each)
 
+    _counted = False
+
     def onClose(self, wasClean, code, reason):
-        self.factory.proxy.clients.discard(self)
+        proxy = self.factory.proxy
+        proxy.clients.discard(self)
+        if self._counted:
+            self._counted = False
+            proxy.addresses[self.peer_host] -= 1
+            if not proxy.addresses[self.peer_host]:
+                del proxy.addresses[self.peer_host]
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         if self._verdict is not None and not self._verdict.called:
             self._verdict.cancel()  # nobody waits for it now: the session may retire
+        if self._refusal is not None and self._refusal.active():
+            self._refusal.cancel()
         if self.session is not None:
             self.factory.proxy.pool.leave(self.session, self)
             self.session = None
@@ -234,9 +257,10 @@ class ClientProtocol(WebSocketServerProtocol):
     def _handle(self, message: Any) -> None:
         if not self._rate.allow():
             if self._sendable:
-                self._log.warn("closing {peer} on {path}: more than {rate} messages a second",
-                               peer=self.peer_name, path=self.stream.path,
-                               rate=self.factory.proxy.limits.messages_per_second)
+                self.factory.proxy.notes.warn(
+                    "rate", "closing {peer} on {path}: more than {rate} messages a second",
+                    peer=self.peer_name, path=self.stream.path,
+                    rate=self.factory.proxy.limits.messages_per_second)
                 self.close(1008, "too many messages")
             return
         if self._authenticating:
@@ -270,18 +294,31 @@ class ClientProtocol(WebSocketServerProtocol):
         self._drain()
 
     def _auth_failed(self, failure) -> None:
-        self._authenticating = False
         if failure.check(CancelledError):  # the client left first
+            self._authenticating = False
             return
         if failure.check(Refused):
             code = failure.value.code
         else:
             self._log.failure("auth of {peer}", failure, peer=self.peer_name)
             code = INTERNAL
+        delay = self.factory.proxy.auth_failed(self.peer_host) if code == AUTH_FAILED else 0
+        if delay:
+            # Guessing is slowed per address; messages keep waiting behind the verdict.
+            self._refusal = self.factory.proxy.clock.callLater(delay, self._refuse_auth, code)
+        else:
+            self._refuse_auth(code)
+
+    _refusal = None
+
+    def _refuse_auth(self, code: int) -> None:
+        self._refusal = None
+        self._authenticating = False
         if not self._sendable:
             return
-        self._log.info("client {peer} on {path}: auth refused with {code}", peer=self.peer_name,
-                       path=self.stream.path, code=code)
+        self.factory.proxy.notes.warn("auth-refused", "client {peer} on {path}: auth refused"
+                                      " with {code}", peer=self.peer_name,
+                                      path=self.stream.path, code=code)
         self._auth_refused(code)
         self._drain()
 
@@ -291,7 +328,8 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def _auth_timed_out(self) -> None:
         if self.session is None:
-            self._log.info("client {peer}: auth timeout", peer=self.peer_name)
+            self.factory.proxy.notes.warn("auth-timeout", "client {peer}: auth timeout",
+                                          peer=self.peer_name)
             self._deadline_passed()
             self.close(1000, "auth timeout")
 
@@ -325,9 +363,10 @@ class ClientProtocol(WebSocketServerProtocol):
         """False (and the client is being cut off) if it stopped reading."""
         if self._backpressure is None or not self._backpressure.overflows(size):
             return True
-        self._log.warn("dropping slow client {peer} on {path}: {queued} bytes queued",
-                       peer=self.peer_name, path=self.stream.path,
-                       queued=self._backpressure.queued, code=407)
+        self.factory.proxy.notes.warn("slow", "dropping slow client {peer} on {path}: {queued}"
+                                      " bytes queued", peer=self.peer_name,
+                                      path=self.stream.path,
+                                      queued=self._backpressure.queued, code=407)
         self._backpressure = None
         self.factory.proxy.stats.slow_clients += 1
         self._slow()
@@ -387,11 +426,17 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, proxy: Any, protocol: type) -> None:
         self.protocol = protocol
         super().__init__(server="alpaca-proxy/%s" % (__version__,))
+        self.noisy = False  # no "Starting factory" line per connection
+        limits = proxy.limits
         self.setProtocolOptions(
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE,
             maxFramePayloadSize=MAX_CLIENT_MESSAGE,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
+            # A client that vanished (no FIN: a dead host, a dropped NAT entry) is
+            # noticed by its missing pong and dropped.
+            autoPingInterval=limits.ping_interval,
+            autoPingTimeout=limits.ping_timeout,
         )
         use_clock(self, proxy.clock)
         self.proxy = proxy

@@ -13,6 +13,7 @@ from typing import Any
 from alpaca_proxy import codec, streams
 from alpaca_proxy.dialects import polygon
 from alpaca_proxy.downstream.client import ClientProtocol
+from alpaca_proxy.logs import short
 
 
 class PolygonProtocol(ClientProtocol):
@@ -41,8 +42,9 @@ class PolygonProtocol(ClientProtocol):
         try:
             request = polygon.parse(message)
         except polygon.PolygonError as refused:
-            self._log.info("client {peer} on {path}: {reply}", peer=self.peer_name,
-                           path=self.stream.path, reply=refused.reply["message"])
+            self.factory.proxy.notes.warn("bad-input", "client {peer} on {path}: {reply}",
+                                          peer=self.peer_name, path=self.stream.path,
+                                          reply=refused.reply["message"])
             self.send_status(refused.reply)
             return
         if isinstance(request, polygon.PolygonAuth):
@@ -63,8 +65,8 @@ class PolygonProtocol(ClientProtocol):
             self.session.request(self, request.change)
 
     def _undecodable(self, why: str) -> None:
-        self._log.info("client {peer} on {path}: {why}", peer=self.peer_name,
-                       path=self.stream.path, why=why)
+        self.factory.proxy.notes.warn("bad-input", "client {peer} on {path}: {why}",
+                                      peer=self.peer_name, path=self.stream.path, why=short(why))
         self.send_status(polygon.INVALID_MESSAGE)
 
     def _auth_accepted(self) -> None:

@@ -151,6 +151,7 @@ class _LinkFactory(WebSocketClientFactory):
         super().__init__(url, headers=dict(link.upgrade_headers),
                          useragent="alpaca-proxy/%s" % (__version__,), reactor=reactor)
         self.link = link
+        self.noisy = False  # no "Starting factory" line per connection attempt
         use_clock(self, link.clock)
         self.setProtocolOptions(
             maxMessagePayloadSize=0,

@@ -18,7 +18,9 @@ def subscribed(testcase, **harness_options):
 
 
 def retry_delays(clock):
-    return sorted(call.getTime() - clock.seconds() for call in clock.getDelayedCalls())
+    """The delays of the reconnection attempts ClientService has scheduled."""
+    return sorted(call.getTime() - clock.seconds() for call in clock.getDelayedCalls()
+                  if "_reconnect" in repr(call.func))
 
 
 class ReconnectTests(TestCase):

@@ -22,7 +22,7 @@ from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS
 from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
 from alpaca_proxy.downstream.client import ClientFactory
-from alpaca_proxy.proxy import Proxy
+from alpaca_proxy.proxy import Limits, Proxy
 from alpaca_proxy.streams import STOCKS, Stream
 from alpaca_proxy.upstream.session import DataSession
 from tests.fuzzing import examples, values
@@ -124,8 +124,9 @@ class HandlerFuzzTests(SynchronousTestCase):
         self.session.link = AcceptingLink()
         self.session.link.session = self.session
         self.session.link_ready()
-        self.factory = ClientFactory(Proxy(self.clock, StubPool(self.session)),
-                                     AlpacaDataProtocol)
+        # No pings to clients: the clock moves on and these clients never answer one.
+        proxy = Proxy(self.clock, StubPool(self.session), limits=Limits(ping_interval=0))
+        self.factory = ClientFactory(proxy, AlpacaDataProtocol)
         self.good, self.good_transport = self.open(msgpack_encoding=True)
         self.send(self.good, {"action": "auth", "key": "k", "secret": "s"})
         self.send(self.good, {"action": "subscribe", "trades": ["AAPL"]})

@@ -29,7 +29,14 @@ DEFAULTS = {
     "origins": frozenset(),
     "trust-root": None,
     "client-buffer": 8 << 20,
-    "max-clients": 0,
+    "max-clients": 1000,
+    "max-clients-per-address": 256,
+    "max-upstreams": 64,
+    "client-ping-interval": 30.0,
+    "client-ping-timeout": 30.0,
+    "allow-host": "",
+    "hosts": frozenset(),
+    "access-log": 0,
     "max-symbols": 20000,
     "max-request-symbols": 10000,
     "max-rate": 50.0,
@@ -64,7 +71,8 @@ class OptionsTests(SynchronousTestCase):
         }
         self.assertEqual(parse(["--linger", "7"], environ), dict(
             DEFAULTS, listen="tcp:9000", **{"data-url": "ws://127.0.0.1:1"}, linger=7.0,
-            simulate=1, feed="sip", accounts={"PK1": Credentials("PK1", "sec")}))
+            simulate=1, feed="sip", accounts={"PK1": Credentials("PK1", "sec")},
+            hosts=None))  # listening on every interface: no Host rule
 
     def test_polygon_settings(self):
         """USE_POLYGON selects Polygon at /; cluster names expand; keys become accounts."""
