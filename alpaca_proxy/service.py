@@ -7,12 +7,14 @@ listener built by ``build`` under one ``MultiService``.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable, Mapping
 
 from attrs import field, frozen
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
@@ -137,6 +139,39 @@ class ListenerService(StreamServerEndpointService):
         return super().stopService()
 
 
+class HangupService(Service):
+    """SIGHUP stops the proxy cleanly, as SIGTERM does.
+
+    Without a handler the default action kills the process at once: clients get
+    no close frame and upstream keeps the account's slot for about 90 s.  A
+    closed terminal or a ``kill -HUP`` out of habit now stops it the way SIGTERM
+    does (systemd's ``Restart=`` brings it back); there is nothing to reload.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+        except ValueError:  # not the main thread (an embedding program's choice)
+            self._previous = None
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        self._log.warn("SIGHUP: stopping cleanly, as for SIGTERM")
+        self._reactor.callFromThread(self._reactor.stop)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """Simulator (with ``--simulate``), upstream pool and local listener, in that order."""
     if reactor is None:
@@ -158,6 +193,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     listener = ListenerService(serverFromString(reactor, options["listen"]), built.site)
     listener.setName("listener")
     listener.setServiceParent(top)
+    hangup = HangupService(reactor)
+    hangup.setName("hangup")
+    hangup.setServiceParent(top)
     top.site = built.site  # type: ignore[attr-defined]
     top.pool = built.pool  # type: ignore[attr-defined]
     return top

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import sys
 
 from twisted.internet import defer
@@ -124,3 +125,72 @@ class JsonLogTests(TestCase):
         events = [json.loads(line) for line in lines]
         self.assertTrue(any("SIMULATED MARKET" in e.get("log_format", "") for e in events))
         self.assertTrue(all("log_time" in e for e in events))
+
+
+class ShutdownTests(TestCase):
+    """Stopping with subscribed clients: close frames for everyone, no traceback."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def stopped_by(self, signal_name):
+        from twisted.internet import protocol, reactor
+
+        from tests.support import login
+
+        class Collect(protocol.ProcessProtocol):
+            def __init__(self):
+                self.out = b""
+                self.ended = defer.Deferred()
+                self.listening = defer.Deferred()
+
+            def outReceived(self, data):
+                self.out += data
+                if b"SIMULATED MARKET" in self.out and not self.listening.called:
+                    self.listening.callback(None)
+
+            def processEnded(self, reason):
+                self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        collect = Collect()
+        process = reactor.spawnProcess(collect, sys.executable, [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
+            "--simulate", "--listen", "tcp:%d:interface=127.0.0.1" % (port,)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
+        yield collect.listening
+        clients = []
+        for path in ("/v2/iex", "/v1beta3/crypto/us"):
+            client = yield login(port, path, key="PKANY", secret="any")
+            client.send({"action": "subscribe", "trades": ["*"]})
+            yield client.next()
+            clients.append(client)
+        process.signalProcess(signal_name)
+        codes = yield defer.gatherResults([client.closed for client in clients])
+        exit_code = yield collect.ended
+        events = [json.loads(line) for line in collect.out.decode().splitlines()]
+        return codes, exit_code, events
+
+    def assert_clean(self, codes, ended, events, expected_end):
+        self.assertEqual(codes, [1001, 1001])
+        self.assertEqual(ended, expected_end)
+        failures = [e for e in events if e.get("log_failure") or
+                    e.get("log_level", {}).get("name") in ("critical", "error")]
+        self.assertEqual(failures, [])
+
+    @defer.inlineCallbacks
+    def test_sigterm_with_subscribed_clients(self):
+        """SIGTERM: every client gets 1001, nothing is sent on a closing upstream, no traceback."""
+        # twistd ends by re-raising SIGTERM once the reactor has stopped.
+        self.assert_clean(*(yield self.stopped_by("TERM")), expected_end=(None, 15))
+
+    @defer.inlineCallbacks
+    def test_sighup_stops_cleanly(self):
+        """SIGHUP does what SIGTERM does, and says so in the log."""
+        codes, ended, events = yield self.stopped_by("HUP")
+        self.assert_clean(codes, ended, events, expected_end=(0, None))
+        self.assertTrue(any("SIGHUP" in e.get("log_format", "") for e in events))

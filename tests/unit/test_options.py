@@ -155,15 +155,16 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("alpaca-proxy", names)
 
     def test_service_tree(self):
-        """The tree holds the simulator (with --simulate), the upstream pool and the listener."""
+        """The tree holds the simulator (with --simulate), the upstream pool, the listener and
+        the SIGHUP handler."""
         options = Options(environ={})
         options.parseOptions(["--simulate", "--listen", "tcp:0"])
         tree = makeService(options, reactor=MemoryReactor())
-        self.assertEqual([s.name for s in tree], ["simulator", "upstreams", "listener"])
+        self.assertEqual([s.name for s in tree], ["simulator", "upstreams", "listener", "hangup"])
         options = Options(environ={})
         options.parseOptions([])
         self.assertEqual([s.name for s in makeService(options, MemoryReactor())],
-                         ["upstreams", "listener"])
+                         ["upstreams", "listener", "hangup"])
 
     def test_twistd_help_lists_every_option(self):
         """``twistd alpaca-proxy --help`` works and names every option."""
