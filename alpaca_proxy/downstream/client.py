@@ -433,6 +433,9 @@ class ClientFactory(WebSocketServerFactory):
             maxFramePayloadSize=MAX_CLIENT_MESSAGE,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
+            # A client breaking a limit gets a close frame saying why (1009 ...), then
+            # the connection is dropped if it does not answer within 2 s.
+            failByDrop=False,
             # A client that vanished (no FIN: a dead host, a dropped NAT entry) is
             # noticed by its missing pong and dropped.
             autoPingInterval=limits.ping_interval,

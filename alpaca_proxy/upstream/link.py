@@ -25,7 +25,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -314,6 +314,8 @@ class WebSocketLink(MultiService):
 
         ClientService counts these for the backoff itself; this only says so.
         """
+        if reason.check(CancelledError):  # stopped while connecting: nothing went wrong
+            return
         self._log.warn("upstream {path} unreachable ({key}): {reason}", path=self.stream.path,
                        key=self.credentials.key, reason=reason.getErrorMessage())
 

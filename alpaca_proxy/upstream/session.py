@@ -137,12 +137,14 @@ class Session:
     def link_refused(self, code: int) -> None:
         self.state = "refused"
         self.refusal = code
+        # The pool forgets this session first: a pair waiting for this verdict
+        # tries again at once and must find the key id free.
+        if self.on_refused is not None:
+            self.on_refused(self, code)
         self._verdict_waiters, waiters = [], self._verdict_waiters
         for waiter in waiters:
             if not waiter.called:
                 waiter.errback(Refused(code))
-        if self.on_refused is not None:
-            self.on_refused(self, code)
 
     def link_down(self, was_ready: bool) -> None:
         self.ready_since = None
@@ -224,21 +226,23 @@ class DataSession(Session):
 
     def send_change(self, action: str, keys: list[Key]) -> None:
         self._outbox.append((action, keys))
-        self._send_paced()
+        if self._pacer is None:
+            self._send_paced()
         if self._ack_deadline is None or not self._ack_deadline.active():
             self._ack_deadline = self.clock.callLater(ACK_DEADLINE, self._settle_waiting)
 
     def _send_paced(self) -> None:
+        """Send what the token bucket allows now; come back when the next token is due."""
         self._pacer = None
         now = self.clock.seconds()
         self._tokens = min(float(CHANGE_BURST),
                            self._tokens + (now - self._tokens_at) * CHANGES_PER_SECOND)
         self._tokens_at = now
-        while self._outbox and self._tokens >= 1:
+        while self._outbox and self._tokens >= 1 - 1e-9:  # tolerate float rounding
             self._tokens -= 1
             self.link.send_change(*self._outbox.popleft())
-        if self._outbox and self._pacer is None:
-            wait = (1 - self._tokens) / CHANGES_PER_SECOND
+        if self._outbox:
+            wait = max(0.001, (1 - self._tokens) / CHANGES_PER_SECOND)
             self._pacer = self.clock.callLater(wait, self._send_paced)
 
     def _settle_waiting(self) -> None:
