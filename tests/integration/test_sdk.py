@@ -12,9 +12,11 @@ import shutil
 
 import msgpack
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from alpaca_proxy.proxy import Limits
 from tests import sdk_env
 from tests.support import KEY, POLYGON_KEY, SECRET, Harness, logged
 
@@ -328,3 +330,78 @@ class PolygonSdkTests(TestCase):
         crypto_lines, index_lines = yield defer.gatherResults([crypto, indices])
         self.assertEqual(self.parsed(crypto_lines), [("CryptoTrade", "BTC-USD", 60000.5)])
         self.assertEqual(self.parsed(index_lines), [("IndexValue", "I:SPX", 5012.25)])
+
+
+class SdkPingTests(TestCase):
+    """With pings to clients on, every SDK in the matrix answers them and stays."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def ping_rounds(self, harness, rounds=8):
+        """Advance the proxy's clock past several ping intervals and pong timeouts,
+        leaving real time for the SDKs' pongs; return the clients that lasted."""
+        before = set(harness.proxy.clients)
+        for _ in range(rounds):
+            harness.clock.advance(1.0)
+            yield deferLater(reactor, 0.1, lambda: None)
+        lasted = before & set(harness.proxy.clients)
+        unanswered = [c for c in lasted if c.autoPingPending is not None]
+        return before, lasted, unanswered
+
+    @defer.inlineCallbacks
+    def test_python_sdks_answer_pings(self):
+        """alpaca-py, alpaca-trade-api 3.2 and 1.5, massive and polygon-api-client answer
+        the proxy's pings (interval 1 s, timeout 2.5 s) and keep their data."""
+        harness = yield Harness(self, limits=Limits(ping_interval=1.0, ping_timeout=2.5)).start()
+        upstream, polygon = harness.upstream, harness.polygon
+        ws, http = "ws://127.0.0.1:%d" % harness.port, "http://127.0.0.1:%d" % harness.port
+        runs = []
+        for script, python, url, symbol in (
+                ("alpaca_py_client.py", sdk_env.python(), ws + "/v2/iex", "AAPL"),
+                ("alpaca_trade_api_client.py", sdk_env.python(), http, "MSFT"),
+                ("alpaca_trade_api_client.py", sdk_env.python("ata15"), http, "NVDA")):
+            runs.append(getProcessOutputAndValue(
+                python, [sdk_env.script(script), "stocks", url, KEY, SECRET, symbol, "3"],
+                env={}, reactor=reactor))
+        for package in ("massive", "polygon"):
+            runs.append(getProcessOutputAndValue(
+                sdk_env.python("polygon"),
+                [sdk_env.script("polygon_client.py"), package, "127.0.0.1:%d" % harness.port,
+                 "stocks", POLYGON_KEY, "T.TSLA", "1"], env={}, reactor=reactor))
+        yield upstream.when(lambda: any(
+            {"AAPL", "MSFT", "NVDA"} <= set(c.subscriptions.get("bars", ()))
+            for c in upstream.authenticated()))
+        yield polygon.when(lambda: any({"T.TSLA"} <= c.subscriptions
+                                       for c in polygon.authenticated("stocks")))
+        before, lasted, unanswered = yield self.ping_rounds(harness)
+        self.assertEqual(len(before), 5)
+        self.assertEqual((lasted, unanswered), (before, []))
+        upstream.inject(market_frame(["AAPL", "MSFT", "NVDA"]))
+        polygon.inject([{"ev": "T", "sym": "TSLA", "x": 4, "i": "1", "z": 3, "p": 180.5,
+                         "s": 10, "c": [], "t": 1714658587120, "q": 1}], market="stocks")
+        for result in (yield defer.gatherResults(runs)):
+            out, err, code = result
+            self.assertEqual(code, 0, (out + err).decode()[-2000:])
+
+    @defer.inlineCallbacks
+    def test_js_sdk_answers_pings(self):
+        """The JS SDK (ws) answers the proxy's pings over TLS and keeps its data."""
+        modules = sdk_env.node_modules()
+        harness = yield Harness(self, tls=True,
+                                limits=Limits(ping_interval=1.0, ping_timeout=2.5)).start()
+        node = shutil.which("node")
+        self.assertIsNotNone(node, "node is not installed")
+        run = getProcessOutputAndValue(
+            node, [sdk_env.js_script("stock_client.js"), "https://localhost:%d" % harness.port,
+                   KEY, SECRET, "AAPL", "3"],
+            env={"NODE_PATH": modules, "NODE_EXTRA_CA_CERTS": harness.ca_path,
+                 "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        yield harness.upstream.when(lambda: any(
+            "AAPL" in c.subscriptions.get("bars", ()) for c in harness.upstream.authenticated()))
+        before, lasted, unanswered = yield self.ping_rounds(harness)
+        self.assertEqual(len(before), 1)
+        self.assertEqual((lasted, unanswered), (before, []))
+        harness.upstream.inject(market_frame(["AAPL"]))
+        out, err, code = yield run
+        self.assertEqual(code, 0, (out + err).decode()[-2000:])

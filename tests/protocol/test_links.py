@@ -133,6 +133,14 @@ class AlpacaDataLinkTests(SynchronousTestCase):
         self.assertEqual(size, len(alpaca_frame({"T": "t", "S": "AAPL", "p": 1.0},
                                                 {"T": "q", "S": "AAPL"})))
 
+    def test_nothing_is_sent_on_a_closing_link(self):
+        """Upstream sent a close frame but holds TCP: a change is dropped, not raised."""
+        self.authenticate()
+        sent = len(self.wire.sent)
+        self.wire.state = WebSocketProtocol.STATE_CLOSING
+        self.link.send_change("subscribe", [("trades", "AAPL")])
+        self.assertEqual(len(self.wire.sent), sent)
+
     def test_loss_reports_whether_it_was_ready(self):
         """link_down says whether the connection had been authenticated."""
         self.authenticate()
