@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Any
 
 from attrs import define, field
 
@@ -46,3 +47,34 @@ class ProxyStats:
     slow_clients: int = 0
     #: Handshakes refused (unknown path, origin, client limit), by HTTP status.
     refused: Counter = field(factory=Counter)
+
+
+class TokenBucket:
+    """A token bucket on an injected clock: ``rate`` tokens a second, bursts of two seconds'."""
+
+    def __init__(self, clock: Any, rate: float) -> None:
+        self._clock, self._rate = clock, rate
+        self._capacity = self._tokens = max(1.0, 2 * rate)
+        self._stamp = clock.seconds()
+
+    def allow(self) -> bool:
+        if not self._rate:
+            return True
+        self._refill()
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def take(self, count: float) -> float:
+        """Spend ``count`` tokens, into debt if need be: seconds until the debt is paid."""
+        if not self._rate:
+            return 0.0
+        self._refill()
+        self._tokens -= count
+        return -self._tokens / self._rate if self._tokens < 0 else 0.0
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now

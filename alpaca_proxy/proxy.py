@@ -11,7 +11,7 @@ from typing import Any
 
 from attrs import Factory, define, field, frozen
 
-from alpaca_proxy.counters import ProxyStats
+from alpaca_proxy.counters import ProxyStats, TokenBucket
 from alpaca_proxy.logs import Summarized
 
 #: Bytes that may queue for a client that stopped reading (then 407 and close).
@@ -81,6 +81,8 @@ class Proxy:
     notes: Summarized = Factory(lambda self: Summarized(self.clock), takes_self=True)
     #: address -> (failed authentications in a row, when the last one came).
     _failures: dict = field(factory=dict)
+    #: address -> the symbols its clients may still name in requests.
+    _symbol_budgets: dict = field(factory=dict)
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.origins or origin.rstrip("/").lower() in self.origins
@@ -101,6 +103,16 @@ class Proxy:
         return (name in ("localhost", "::1") or name.endswith(".localhost")
                 or name.startswith("127.") and name.replace(".", "").isdigit()
                 or name in self.hosts)
+
+    def symbol_budget(self, address: str) -> TokenBucket:
+        """The symbols an address's clients may name per second (twice a full request's)."""
+        budget = self._symbol_budgets.pop(address, None)
+        if budget is None:
+            budget = TokenBucket(self.clock, 2 * self.limits.symbols_per_request)
+        self._symbol_budgets[address] = budget  # the most recently used last
+        while len(self._symbol_budgets) > MAX_FAILING_ADDRESSES:
+            del self._symbol_budgets[next(iter(self._symbol_budgets))]
+        return budget
 
     def auth_failed(self, address: str) -> float:
         """Count a failed authentication from an address; the seconds its answer waits.

@@ -44,6 +44,21 @@ from alpaca_proxy.subscriptions import WILDCARD, Change, Key, State, applied, ke
 CHUNK = 1000
 
 
+def _delta(old: State, new: State, changes: Iterable[Change]) -> tuple[set[Key], set[Key]]:
+    """Keys ``new`` has that ``old`` has not, and the reverse, among those ``changes`` name."""
+    added, removed = set(), set()
+    for change in changes:
+        for channel, symbols in change.channels.items():
+            before, after = old.get(channel, {}), new.get(channel, {})
+            for symbol in symbols:
+                if symbol in after:
+                    if symbol not in before:
+                        added.add((channel, symbol))
+                elif symbol in before:
+                    removed.add((channel, symbol))
+    return added, removed
+
+
 @define
 class _Pending:
     state: State
@@ -53,6 +68,9 @@ class _Pending:
     #: States of earlier requests taken up together with this one, each to be
     #: acknowledged (in order) before ``state``.
     earlier: list[State] = field(factory=list)
+    #: Keys ``state`` has and the confirmed state has not, and the reverse.
+    added: set[Key] = field(factory=set)
+    removed: set[Key] = field(factory=set)
 
 
 @define
@@ -116,7 +134,7 @@ class Router:
         book = self._books.pop(client, None)
         if book is None:
             return
-        self._reindex(client, book.confirmed, {})
+        self._reindex(client, set(), keys_of(book.confirmed))
         self._count(keys_of(book.current), -1)
         self._reconcile()
 
@@ -131,8 +149,7 @@ class Router:
             return book.latest_size
         added = 0
         for channel, symbols in change.channels.items():
-            held = book.latest.get(channel, {})
-            added += sum(1 for symbol in set(symbols) if symbol not in held)
+            added += len(set(symbols).difference(book.latest.get(channel, ())))
         return book.latest_size + added
 
     def queued_symbols(self, client: Any) -> int:
@@ -173,24 +190,24 @@ class Router:
             state = applied(state, change)
             states.append(state)
         new, earlier = states[-1], states[:-1]
-        old_keys, new_keys = keys_of(book.confirmed), keys_of(new)
-        added = new_keys - old_keys
+        # Only the symbols the changes name can differ: no walk over the whole state.
+        added, removed = _delta(book.confirmed, new, changes)
         self._count(added, +1)
-        self._count(old_keys - new_keys, -1)
+        self._count(removed, -1)
         if self._link is None:
-            self._confirm(client, book, _Pending(new, set(), earlier=earlier))
+            self._confirm(client, book, _Pending(new, set(), set(), earlier, added, removed))
             return
         needed = added - self._stable()
         self._refused -= needed  # asked for again: let upstream judge it again
         if not needed:
-            self._confirm(client, book, _Pending(new, set(), added, earlier))
+            self._confirm(client, book, _Pending(new, set(), added, earlier, added, removed))
             self._reconcile()
             return
-        book.pending = _Pending(new, needed, added - needed, earlier)
+        book.pending = _Pending(new, needed, added - needed, earlier, added, removed)
         self._reconcile()
 
     def _confirm(self, client: Any, book: _Book, done: _Pending) -> None:
-        self._reindex(client, book.confirmed, done.state)
+        self._reindex(client, done.added, done.removed)
         book.confirmed = done.state
         book.pending = None
         for state in done.earlier:
@@ -202,9 +219,8 @@ class Router:
 
     def _rollback(self, client: Any, book: _Book, code: int) -> None:
         assert book.pending is not None
-        pending_keys, confirmed_keys = keys_of(book.pending.state), keys_of(book.confirmed)
-        self._count(pending_keys - confirmed_keys, -1)
-        self._count(confirmed_keys - pending_keys, +1)
+        self._count(book.pending.added, -1)
+        self._count(book.pending.removed, +1)
         answers = 1 + len(book.pending.earlier)
         book.pending = None
         # What the client will hold: its confirmed state with the waiting requests on top.
@@ -242,8 +258,9 @@ class Router:
         for client, book in list(self._books.items()):
             if book.pending is not None:
                 # Upstream streams nothing now: no key is "already held".
-                self._confirm(client, book, _Pending(book.pending.state, set(),
-                                                     earlier=book.pending.earlier))
+                pending = book.pending
+                self._confirm(client, book, _Pending(pending.state, set(), set(), pending.earlier,
+                                                     pending.added, pending.removed))
 
     def settle_waiting(self) -> list[Any]:
         """Answer every waiting request from local state (upstream is too slow to wait for).
@@ -370,14 +387,13 @@ class Router:
 
     # -- data ----------------------------------------------------------------
 
-    def _reindex(self, client: Any, old: State, new: State) -> None:
-        old_keys, new_keys = keys_of(old), keys_of(new)
-        for channel, symbol in old_keys - new_keys:
+    def _reindex(self, client: Any, added: Iterable[Key], removed: Iterable[Key]) -> None:
+        for channel, symbol in removed:
             by_symbol = self._index[channel]
             by_symbol[symbol].discard(client)
             if not by_symbol[symbol]:
                 del by_symbol[symbol]
-        for channel, symbol in new_keys - old_keys:
+        for channel, symbol in added:
             self._index.setdefault(channel, {}).setdefault(symbol, set()).add(client)
 
     def recipients(self, channel: str, symbols: Sequence[str]) -> set[Any]:

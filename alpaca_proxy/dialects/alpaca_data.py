@@ -76,7 +76,9 @@ _ALL_CHANNELS = frozenset(
 #: Implicit channels that mirror ``trades`` on stocks; accepted and ignored there.
 _MIRRORS = ("corrections", "cancelErrors")
 
-_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9./:_\-]{0,63}")
+_SYMBOL = r"(?:\*|[A-Za-z0-9][A-Za-z0-9./:_\-]{0,63})"
+#: A comma-joined list of symbols (or ``*``).
+_SYMBOLS = re.compile(r"%s(?:,%s)*" % (_SYMBOL, _SYMBOL))
 
 class ProtocolError(Refused):
     """A client message refused with one of Alpaca's error codes."""
@@ -198,16 +200,24 @@ class AlpacaDataDialect:
 
 
 def _symbols(value: Any) -> tuple[str, ...]:
-    """A channel's symbol list; ``None`` and ``[]`` mean nothing, bad ones are 400."""
+    """A channel's symbol list; ``None`` and ``[]`` mean nothing, bad ones are 400.
+
+    Checked with one regular expression over the joined list (10,000 symbols in
+    one C-level scan, not 10,000 Python calls); a symbol cannot smuggle the
+    separator in, since the separators are counted.
+    """
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ProtocolError(400)
-    for symbol in value:
-        if not isinstance(symbol, str) or not (
-            symbol == WILDCARD or _SYMBOL.fullmatch(symbol)
-        ):
-            raise ProtocolError(400)
+    if not value:
+        return ()
+    try:
+        joined = ",".join(value)
+    except TypeError:  # not all strings
+        raise ProtocolError(400) from None
+    if joined.count(",") != len(value) - 1 or not _SYMBOLS.fullmatch(joined):
+        raise ProtocolError(400)
     return tuple(dict.fromkeys(value))
 
 

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from alpaca_proxy import __version__, codec
+from alpaca_proxy.counters import TokenBucket
 from alpaca_proxy.credentials import header_credentials
 from alpaca_proxy.interfaces import IClient
 from alpaca_proxy.logs import short
@@ -40,26 +41,6 @@ MAX_CLIENT_MESSAGE = 16 << 20
 MAX_UNAUTHENTICATED_MESSAGE = 16 << 10
 #: Frames one message may come in (Python SDKs send 32 KiB fragments: 512 for 16 MiB).
 MAX_FRAGMENTS = 1024
-
-
-class _RateLimit:
-    """A token bucket on an injected clock."""
-
-    def __init__(self, clock: Any, rate: float) -> None:
-        self._clock, self._rate = clock, rate
-        self._capacity = self._tokens = max(1.0, 2 * rate)
-        self._stamp = clock.seconds()
-
-    def allow(self) -> bool:
-        if not self._rate:
-            return True
-        now = self._clock.seconds()
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 @implementer(IPushProducer)
@@ -165,7 +146,7 @@ class ClientProtocol(WebSocketServerProtocol):
                                    " (--max-clients-per-address)",
                                    count=proxy.addresses[self.peer_host])
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
-        self._rate = _RateLimit(proxy.clock, limits.messages_per_second)
+        self._rate = TokenBucket(proxy.clock, limits.messages_per_second)
         self.stream = stream
         self.content_type = request.headers.get("content-type")
         self.encoding = codec.encoding_for(self.content_type)
@@ -246,6 +227,8 @@ class ClientProtocol(WebSocketServerProtocol):
             self._verdict.cancel()  # nobody waits for it now: the session may retire
         if self._refusal is not None and self._refusal.active():
             self._refusal.cancel()
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
         if self.session is not None:
             self.factory.proxy.pool.leave(self.session, self)
             self.session = None
@@ -334,7 +317,14 @@ class ClientProtocol(WebSocketServerProtocol):
             self.close(1000, "auth timeout")
 
     def _within_limits(self, change: Change) -> bool:
-        """Whether a data client's (un)subscribe stays within the proxy's symbol limits."""
+        """Whether a data client's (un)subscribe stays within the proxy's symbol limits.
+
+        Every symbol a client names costs the proxy work (parsing, books, upstream's
+        ack): clients of one address naming them faster than ``2 ×
+        --max-request-symbols`` a second are read more slowly, so they cannot take
+        the reactor from the others (reconnecting does not reset the budget).
+        """
+        self._pace(change.size)
         limits = self.factory.proxy.limits
         per_request = limits.symbols_per_request
         if per_request and change.size > per_request:
@@ -346,6 +336,22 @@ class ClientProtocol(WebSocketServerProtocol):
         if limits.symbols_per_client and change.action == "subscribe":
             return self.session.size_after(self, change) <= limits.symbols_per_client
         return True
+
+    _reading_paused = False
+    _resume = None
+
+    def _pace(self, symbols: int) -> None:
+        wait = self.factory.proxy.symbol_budget(self.peer_host).take(symbols)
+        if wait > 0 and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+            self._resume = self.factory.proxy.clock.callLater(wait, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        self._reading_paused = False
+        if self.transport is not None and self._sendable:
+            self.transport.resumeProducing()
 
     # -- sending -----------------------------------------------------------------
 

@@ -303,10 +303,12 @@ class DataSession(Session):
 
     def _joined(self, client: Any, keys: set[Key]) -> None:
         """A client joined books upstream already streams: send it each whole book."""
+        books = sorted(symbol for channel, symbol in keys if channel == "orderbooks")
+        if not books:
+            return
         symbols: dict[str, None] = {}
-        for channel, symbol in sorted(keys):
-            if channel == "orderbooks":
-                symbols.update(dict.fromkeys(self.books.symbols() if symbol == "*" else [symbol]))
+        for symbol in books:
+            symbols.update(dict.fromkeys(self.books.symbols() if symbol == "*" else [symbol]))
         snapshots = [self.books.snapshot(symbol) for symbol in symbols]
         elements = [codec.Element.of(snapshot) for snapshot in snapshots if snapshot]
         if elements:
