@@ -41,6 +41,27 @@ MAX_CLIENT_MESSAGE = 16 << 20
 MAX_UNAUTHENTICATED_MESSAGE = 16 << 10
 #: Frames one message may come in (Python SDKs send 32 KiB fragments: 512 for 16 MiB).
 MAX_FRAGMENTS = 1024
+#: What a queued pong is charged against the client's buffer: a small frame costs
+#: far more memory than its bytes (a buffer entry each).
+PONG_COST = 1024
+
+
+class _AutobahnLog:
+    """Autobahn's logger for one client connection, its warnings summarized.
+
+    Autobahn warns once per failed or dropped connection; a client reconnecting to
+    send oversized messages would otherwise write a line per attempt.
+    """
+
+    def __init__(self, log: Any, notes: Any) -> None:
+        self._log = log
+        self._notes = notes
+
+    def warn(self, format: str, **fields: Any) -> None:
+        self._notes.warn("websocket", format, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
 
 
 @implementer(IPushProducer)
@@ -120,6 +141,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         proxy = self.factory.proxy
+        self.log = _AutobahnLog(type(self).log, proxy.notes)
         self.peer_name = short(request.peer)
         self.peer_host = getattr(self.transport.getPeer(), "host", "?")
         stream = self._resolve(request.path)
@@ -195,7 +217,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def onPing(self, payload):
         # A pong is queued like any frame: one that never reads is cut off the same way.
-        if self._sendable and self._room_for(len(payload) + 2):
+        if self._sendable and self._room_for(max(len(payload) + 2, PONG_COST)):
             self.sendPong(payload)
 
     def onMessage(self, payload, isBinary):
