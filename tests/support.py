@@ -27,6 +27,17 @@ from alpaca_proxy.simulator.polygon import FakePolygonFactory
 from alpaca_proxy.timers import use_clock
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
+#: A MessagePack timestamp for test messages.
+T0 = msgpack.Timestamp(1714658587, 5000)
+
+
+def book(symbol, bids, asks, r=False, t=T0):
+    """A crypto order-book message: (price, size) levels; ``r`` marks a whole book."""
+    message = {"T": "o", "S": symbol, "t": t,
+               "b": [{"p": p, "s": s} for p, s in bids], "a": [{"p": p, "s": s} for p, s in asks]}
+    if r:
+        message["r"] = True
+    return message
 #: A Polygon API key (the key is the secret there).
 POLYGON_KEY = "pOlyg0nK3y-Zq81"
 

@@ -93,6 +93,18 @@ FILL = {"event": "fill", "execution_id": "9b1c5d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d",
         "qty": "10", "position_qty": "10", "timestamp": "2024-05-02T14:03:07.551Z"}
 
 
+def js_stock_client(testcase, harness):
+    """The official JS SDK's stock stream (tests/js) against a TLS harness, for AAPL."""
+    modules = sdk_env.node_modules()
+    node = shutil.which("node")
+    testcase.assertIsNotNone(node, "node is not installed")
+    return getProcessOutputAndValue(
+        node, [sdk_env.js_script("stock_client.js"), "https://localhost:%d" % harness.port,
+               KEY, SECRET, "AAPL", "3"],
+        env={"NODE_PATH": modules, "NODE_EXTRA_CA_CERTS": harness.ca_path,
+             "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+
+
 class SdkMatrixTests(TestCase):
     timeout = 180
 
@@ -225,15 +237,8 @@ class SdkMatrixTests(TestCase):
     @defer.inlineCallbacks
     def test_js_sdk_stocks_over_tls(self):
         """The official JS SDK (auth before welcome, msgpack) streams through a TLS listener."""
-        modules = sdk_env.node_modules()
         harness = yield Harness(self, tls=True).start()
-        node = shutil.which("node")
-        self.assertIsNotNone(node, "node is not installed")
-        run = getProcessOutputAndValue(
-            node, [sdk_env.js_script("stock_client.js"), "https://localhost:%d" % harness.port,
-                   KEY, SECRET, "AAPL", "3"],
-            env={"NODE_PATH": modules, "NODE_EXTRA_CA_CERTS": harness.ca_path,
-                 "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        run = js_stock_client(self, harness)
         self.upstream = harness.upstream
         yield self.subscribed(("trades", "quotes", "bars"), "AAPL")
         harness.upstream.inject(market_frame(["AAPL", "OTHER"]))
@@ -387,16 +392,9 @@ class SdkPingTests(TestCase):
     @defer.inlineCallbacks
     def test_js_sdk_answers_pings(self):
         """The JS SDK (ws) answers the proxy's pings over TLS and keeps its data."""
-        modules = sdk_env.node_modules()
         harness = yield Harness(self, tls=True,
                                 limits=Limits(ping_interval=1.0, ping_timeout=2.5)).start()
-        node = shutil.which("node")
-        self.assertIsNotNone(node, "node is not installed")
-        run = getProcessOutputAndValue(
-            node, [sdk_env.js_script("stock_client.js"), "https://localhost:%d" % harness.port,
-                   KEY, SECRET, "AAPL", "3"],
-            env={"NODE_PATH": modules, "NODE_EXTRA_CA_CERTS": harness.ca_path,
-                 "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        run = js_stock_client(self, harness)
         yield harness.upstream.when(lambda: any(
             "AAPL" in c.subscriptions.get("bars", ()) for c in harness.upstream.authenticated()))
         before, lasted, unanswered = yield self.ping_rounds(harness)

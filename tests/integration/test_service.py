@@ -6,6 +6,7 @@ import socket
 import sys
 
 from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from alpaca_proxy.options import Options
@@ -97,34 +98,42 @@ class JsonLogTests(TestCase):
     @defer.inlineCallbacks
     def test_twistd_json_lines(self):
         """twistd --logger=alpaca_proxy.logs.json_lines writes one JSON object per line."""
-        from twisted.internet import protocol, reactor
-
-        class Collect(protocol.ProcessProtocol):
-            def __init__(self):
-                self.out = b""
-                self.ended = defer.Deferred()
-                self.started = defer.Deferred()
-
-            def outReceived(self, data):
-                self.out += data
-                if b"SIMULATED MARKET" in self.out and not self.started.called:
-                    self.started.callback(None)
-
-            def processEnded(self, reason):
-                self.ended.callback(None)
-
-        collect = Collect()
-        process = reactor.spawnProcess(collect, sys.executable, [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
-            "--simulate", "--listen", "tcp:0:interface=127.0.0.1"], env=dict(os.environ))
-        yield collect.started
-        process.signalProcess("TERM")
-        yield collect.ended
-        lines = collect.out.decode().splitlines()
-        events = [json.loads(line) for line in lines]
+        twistd = SimulatedTwistd()
+        yield twistd.start()
+        twistd.process.signalProcess("TERM")
+        yield twistd.ended
+        events = twistd.events()
         self.assertTrue(any("SIMULATED MARKET" in e.get("log_format", "") for e in events))
         self.assertTrue(all("log_time" in e for e in events))
+
+
+class SimulatedTwistd(ProcessProtocol):
+    """``twistd -n alpaca-proxy --simulate`` with JSON log lines, as a subprocess."""
+
+    def __init__(self):
+        self.out = b""
+        self.ended = defer.Deferred()
+        self.listening = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out += data
+        if b"SIMULATED MARKET" in self.out and not self.listening.called:
+            self.listening.callback(None)
+
+    def processEnded(self, reason):
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+    def start(self, listen="tcp:0:interface=127.0.0.1", env=None):
+        from twisted.internet import reactor
+
+        self.process = reactor.spawnProcess(self, sys.executable, [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
+            "--simulate", "--listen", listen], env=dict(os.environ) if env is None else env)
+        return self.listening
+
+    def events(self):
+        return [json.loads(line) for line in self.out.decode().splitlines()]
 
 
 class ShutdownTests(TestCase):
@@ -134,46 +143,25 @@ class ShutdownTests(TestCase):
 
     @defer.inlineCallbacks
     def stopped_by(self, signal_name):
-        from twisted.internet import protocol, reactor
-
         from tests.support import login
-
-        class Collect(protocol.ProcessProtocol):
-            def __init__(self):
-                self.out = b""
-                self.ended = defer.Deferred()
-                self.listening = defer.Deferred()
-
-            def outReceived(self, data):
-                self.out += data
-                if b"SIMULATED MARKET" in self.out and not self.listening.called:
-                    self.listening.callback(None)
-
-            def processEnded(self, reason):
-                self.ended.callback((reason.value.exitCode, reason.value.signal))
 
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         probe.close()
-        collect = Collect()
-        process = reactor.spawnProcess(collect, sys.executable, [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--logger=alpaca_proxy.logs.json_lines", "-n", "--pidfile=", "alpaca-proxy",
-            "--simulate", "--listen", "tcp:%d:interface=127.0.0.1" % (port,)],
-            env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
-        yield collect.listening
+        twistd = SimulatedTwistd()
+        yield twistd.start("tcp:%d:interface=127.0.0.1" % (port,),
+                           {k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
         clients = []
         for path in ("/v2/iex", "/v1beta3/crypto/us"):
             client = yield login(port, path, key="PKANY", secret="any")
             client.send({"action": "subscribe", "trades": ["*"]})
             yield client.next()
             clients.append(client)
-        process.signalProcess(signal_name)
+        twistd.process.signalProcess(signal_name)
         codes = yield defer.gatherResults([client.closed for client in clients])
-        exit_code = yield collect.ended
-        events = [json.loads(line) for line in collect.out.decode().splitlines()]
-        return codes, exit_code, events
+        ended = yield twistd.ended
+        return codes, ended, twistd.events()
 
     def assert_clean(self, codes, ended, events, expected_end):
         self.assertEqual(codes, [1001, 1001])

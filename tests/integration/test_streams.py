@@ -6,18 +6,7 @@ import msgpack
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.support import Harness
-
-T0 = msgpack.Timestamp(1714658587, 5000)
-
-
-def book(symbol, bids, asks, r=False, t=T0):
-    message = {"T": "o", "S": symbol, "t": t,
-               "b": [{"p": p, "s": s} for p, s in bids], "a": [{"p": p, "s": s} for p, s in asks]}
-    if r:
-        message["r"] = True
-    return message
-
+from tests.support import T0, Harness, book
 
 CRYPTO_EMPTY = {"T": "subscription", "trades": [], "quotes": [], "orderbooks": [], "bars": [],
                 "updatedBars": [], "dailyBars": []}

@@ -1,21 +1,11 @@
 """Crypto order books: kept from upstream's updates, and whole books for late joiners."""
 
-import msgpack
 from twisted.trial.unittest import SynchronousTestCase
 
 from alpaca_proxy.books import OrderBooks
 from alpaca_proxy.router import Router
 from alpaca_proxy.subscriptions import Change
-
-T0 = msgpack.Timestamp(1714658587, 5000)
-
-
-def book(symbol, bids, asks, r=False, t=T0):
-    message = {"T": "o", "S": symbol, "t": t,
-               "b": [{"p": p, "s": s} for p, s in bids], "a": [{"p": p, "s": s} for p, s in asks]}
-    if r:
-        message["r"] = True
-    return message
+from tests.support import T0, book
 
 
 class OrderBooksTests(SynchronousTestCase):
