@@ -136,6 +136,7 @@ class ListenerService(StreamServerEndpointService):
 
     def stopService(self):
         self.factory.proxy.close_all(1001, "alpaca-proxy shutting down")
+        self.factory.proxy.notes.stop()
         return super().stopService()
 
 

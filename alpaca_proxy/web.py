@@ -66,6 +66,10 @@ class StreamsResource(Resource):
             if page is not None:
                 return page
         resource = self._resource_for(path)
+        if resource is None and path != "/favicon.ico":  # browsers ask; nothing to note
+            self._proxy.stats.refused[404] += 1
+            self._proxy.notes.warn("unknown-path", "refusing {peer}: unknown path {path}",
+                                   peer=str(request.getClientAddress()), path=short(path))
         if resource is None:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
