@@ -16,6 +16,7 @@ from hyperlink import URL
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from alpaca_proxy import __version__
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.polygon import credentials_for
 from alpaca_proxy.net import load_ca_bundle
@@ -78,50 +79,48 @@ class Options(usage.Options):
          "Stock feed served at / [env ALPACA_PROXY_FEED; IS_PRO=true means sip]."],
         ["linger", None, 30.0,
          "Seconds an upstream stays open after its last client leaves"
-         " [env ALPACA_PROXY_LINGER].", float],
+         " [env ALPACA_PROXY_LINGER]."],
         ["auth-timeout", None, 10.0,
-         "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT].", float],
+         "Seconds a client has to authenticate [env ALPACA_PROXY_AUTH_TIMEOUT]."],
         ["sim-rate", None, 2.0,
-         "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE].", float],
+         "With --simulate: market ticks per second [env ALPACA_PROXY_SIM_RATE]."],
         ["ping-interval", None, 10.0,
-         "Seconds between pings to each upstream [env ALPACA_PROXY_PING_INTERVAL].", float],
+         "Seconds between pings to each upstream [env ALPACA_PROXY_PING_INTERVAL]."],
         ["ping-timeout", None, 180.0,
          "Seconds without a pong before an upstream is dropped and redialled"
-         " [env ALPACA_PROXY_PING_TIMEOUT].", float],
+         " [env ALPACA_PROXY_PING_TIMEOUT]."],
         ["silence-timeout", None, 0.0,
          "Seconds without data, while subscribed, before an upstream is taken for mute and"
-         " redialled; 0 never [env ALPACA_PROXY_SILENCE_TIMEOUT].", float],
+         " redialled; 0 never [env ALPACA_PROXY_SILENCE_TIMEOUT]."],
         ["client-buffer", None, 8 << 20,
          "Bytes that may pile up for a client that stopped reading; then it gets 407"
-         " and is closed [env ALPACA_PROXY_CLIENT_BUFFER].", int],
+         " and is closed [env ALPACA_PROXY_CLIENT_BUFFER]."],
         ["max-clients", None, 1000,
          "Clients connected at once; more get HTTP 503; 0 no limit"
-         " [env ALPACA_PROXY_MAX_CLIENTS].", int],
+         " [env ALPACA_PROXY_MAX_CLIENTS]."],
         ["max-clients-per-address", None, 256,
          "Clients connected at once from one IP address; more get HTTP 503; 0 no limit"
-         " [env ALPACA_PROXY_MAX_CLIENTS_PER_ADDRESS].", int],
+         " [env ALPACA_PROXY_MAX_CLIENTS_PER_ADDRESS]."],
         ["max-upstreams", None, 64,
          "Upstream connections (an account on one stream each) open at once; a client"
-         " that would need one more gets 406; 0 no limit [env ALPACA_PROXY_MAX_UPSTREAMS].",
-         int],
+         " that would need one more gets 406; 0 no limit [env ALPACA_PROXY_MAX_UPSTREAMS]."],
         ["client-ping-interval", None, 30.0,
          "Seconds between pings to each client; 0 never [env"
-         " ALPACA_PROXY_CLIENT_PING_INTERVAL].", float],
+         " ALPACA_PROXY_CLIENT_PING_INTERVAL]."],
         ["client-ping-timeout", None, 30.0,
          "Seconds without a pong before a client is dropped"
-         " [env ALPACA_PROXY_CLIENT_PING_TIMEOUT].", float],
+         " [env ALPACA_PROXY_CLIENT_PING_TIMEOUT]."],
         ["max-symbols", None, 20000,
          "Channel/symbol pairs one client may hold (else 405)"
-         " [env ALPACA_PROXY_MAX_SYMBOLS].", int],
+         " [env ALPACA_PROXY_MAX_SYMBOLS]."],
         ["max-request-symbols", None, 10000,
-         "Symbols one subscribe may name (else 405) [env ALPACA_PROXY_MAX_REQUEST_SYMBOLS].",
-         int],
+         "Symbols one subscribe may name (else 405) [env ALPACA_PROXY_MAX_REQUEST_SYMBOLS]."],
         ["max-rate", None, 50.0,
          "Messages a second a client may send (bursts of twice that); past it the client is"
-         " closed [env ALPACA_PROXY_MAX_RATE].", float],
+         " closed [env ALPACA_PROXY_MAX_RATE]."],
         ["health-grace", None, 60.0,
          "Seconds an endpoint with clients may be without upstream before /healthz says 503"
-         " [env ALPACA_PROXY_HEALTH_GRACE].", float],
+         " [env ALPACA_PROXY_HEALTH_GRACE]."],
         ["allow-origin", None, "",
          "Comma-separated web origins whose pages may open websockets (e.g."
          " http://localhost:3000, or *); others are refused with 403, clients that send no"
@@ -156,10 +155,13 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
+        #: option name -> the environment variable it was read from (for error messages).
+        self._from_environment: dict[str, str] = {}
         for name, variable in ENVIRONMENT.items():
             value = self._environ.get(variable)
             if value:
                 self[name] = value
+                self._from_environment[name] = variable
         if self._environ.get("IS_PRO", "").strip().lower() in _TRUE and not self._environ.get(
                 ENVIRONMENT["feed"]):
             self["feed"] = "sip"
@@ -180,6 +182,15 @@ class Options(usage.Options):
         except usage.UsageError as problem:
             raise SystemExit("alpaca-proxy: %s" % (problem,)) from None
 
+    def opt_version(self) -> None:
+        """Print alpaca-proxy's version and exit."""
+        print("alpaca-proxy %s" % (__version__,))
+        raise SystemExit(0)
+
+    def _source(self, name: str) -> str:
+        """How the user set an option: ``--name`` or the environment variable."""
+        return self._from_environment.get(name) or "--" + name
+
     def postOptions(self) -> None:
         for name, minimum in (("linger", 0.0), ("auth-timeout", 0.001), ("sim-rate", 0.001),
                               ("client-buffer", 65536), ("ping-interval", 1.0),
@@ -189,11 +200,15 @@ class Options(usage.Options):
                               ("health-grace", 0.0), ("max-clients-per-address", 0),
                               ("max-upstreams", 0), ("client-ping-interval", 0.0),
                               ("client-ping-timeout", 1.0)):
-            self[name] = _number(name, self[name], minimum)
+            self[name] = _number(self._source(name), self[name], minimum)
         for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols",
                      "max-clients-per-address", "max-upstreams"):
             self[name] = int(self[name])
-        _check_listen(self["listen"])
+        try:
+            _check_listen(self["listen"])
+        except usage.UsageError as problem:
+            source = self._source("listen")
+            raise usage.UsageError(str(problem).replace("--listen", source, 1)) from None
         self["polygon-url"] = POLYGON_CLUSTERS.get(self["polygon-url"], self["polygon-url"])
         for name in ("data-url", "trading-url", "polygon-url"):
             self[name] = _check_url(name, self[name])
@@ -227,13 +242,13 @@ class Options(usage.Options):
                 raise usage.UsageError("--ca-bundle: %s" % (problem,)) from None
 
 
-def _number(name: str, value: object, minimum: float) -> float:
+def _number(source: str, value: object, minimum: float) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise usage.UsageError("--%s: not a number: %r" % (name, value)) from None
+        raise usage.UsageError("%s: not a number: %r" % (source, value)) from None
     if not number >= minimum:
-        raise usage.UsageError("--%s: must be at least %s" % (name, minimum))
+        raise usage.UsageError("%s: must be at least %s" % (source, minimum))
     return number
 
 
@@ -243,6 +258,9 @@ def _check_listen(description: str) -> None:
         serverFromString(None, description)
     except Exception as problem:
         raise usage.UsageError("--listen: bad endpoint %r: %s" % (description, problem)) from None
+    port = re.match(r"(?:tcp6?|ssl):(\d+)", description)
+    if port and not 0 <= int(port.group(1)) <= 65535:
+        raise usage.UsageError("--listen: port %s is out of range (0-65535)" % (port.group(1),))
 
 
 def _loopback_only(description: str) -> bool:

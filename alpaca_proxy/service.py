@@ -7,6 +7,7 @@ listener built by ``build`` under one ``MultiService``.
 
 from __future__ import annotations
 
+import errno
 import signal
 from typing import Any, Callable, Mapping
 
@@ -14,8 +15,10 @@ from attrs import field, frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from alpaca_proxy import __version__
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
 from alpaca_proxy.downstream.alpaca_trading import TradingProtocol
@@ -127,12 +130,60 @@ def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
     return Built(proxy, site)
 
 
+def describe(problem: CannotListenError) -> str:
+    """A bind failure in one line: where, and why (in use, not permitted ...)."""
+    reason = problem.socketError
+    why = getattr(reason, "strerror", None) or str(reason)
+    hint = {
+        errno.EADDRINUSE: " (another alpaca-proxy? choose another port with --listen)",
+        errno.EACCES: " (ports below 1024 need privileges: choose a higher one with --listen)",
+    }.get(getattr(reason, "errno", None), "")
+    return "cannot listen on %s:%s: %s%s" % (problem.interface or "*", problem.port, why, hint)
+
+
+#: What the start-up lines offer to paste, per stream: (name, path, note).
+ANNOUNCED_STREAMS = (
+    ("stocks", "/v2/iex", "also /v2/sip, /v2/delayed_sip, /v2/test"),
+    ("crypto", "/v1beta3/crypto/us", ""),
+    ("crypto perps", "/v1beta1/crypto-perps/global", ""),
+    ("news", "/v1beta1/news", ""),
+    ("options", "/v1beta1/opra", "MessagePack only; also /v1beta1/indicative"),
+    ("trading", "/stream", "order updates"),
+    ("polygon", "/stocks", "Polygon/Massive clients: /stocks, /crypto, /forex ..."),
+)
+
+
 class ListenerService(StreamServerEndpointService):
     """The local listener; on stop, every client gets a 1001 "going away" close first."""
 
-    def __init__(self, endpoint: Any, site: StreamSite) -> None:
+    _log = Logger()
+
+    def __init__(self, endpoint: Any, site: StreamSite, tls: bool = False) -> None:
         super().__init__(endpoint, site)
         self._raiseSynchronously = True  # a port that cannot be bound fails startup
+        self._tls = tls
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as problem:
+            raise SystemExit("alpaca-proxy: %s" % (describe(problem),)) from None
+        self._waitingForPort.addCallback(self._announce)
+
+    def _announce(self, port: Any) -> Any:
+        """Say where to connect: the page and a URL to paste for each stream."""
+        address = port.getHost()
+        host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = "[%s]" % (host,)
+        base = "%s:%d" % (host, address.port)
+        ws, http = ("wss", "https") if self._tls else ("ws", "http")
+        lines = ["  %-13s %s://%s%s%s" % (name, ws, base, path, "   (%s)" % note if note else "")
+                 for name, path, note in ANNOUNCED_STREAMS]
+        self._log.info("alpaca-proxy {version} listening on {base}\n  status page   {page}\n"
+                       "{streams}", version=__version__, base=base,
+                       page="%s://%s/" % (http, base), streams="\n".join(lines))
+        return port
 
     def stopService(self):
         self.factory.proxy.close_all(1001, "alpaca-proxy shutting down")
@@ -191,7 +242,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     built = build(Settings.from_options(options, *urls), reactor)
     built.pool.setName("upstreams")
     built.pool.setServiceParent(top)
-    listener = ListenerService(serverFromString(reactor, options["listen"]), built.site)
+    listener = ListenerService(serverFromString(reactor, options["listen"]), built.site,
+                               tls=options["listen"].startswith("ssl:"))
     listener.setName("listener")
     listener.setServiceParent(top)
     hangup = HangupService(reactor)

@@ -36,6 +36,8 @@ _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(rf"/v2/({_NAME})"), STOCKS, "/v2/{0}"),
     (re.compile(r"/v1beta1/(boats|overnight)"), STOCKS, "/v1beta1/{0}"),
     (re.compile(rf"/v1beta3/crypto/({_NAME})"), CRYPTO, "/v1beta3/crypto/{0}"),
+    # Crypto perpetual futures: crypto's channels plus ``pricing`` (T "p").
+    (re.compile(rf"/v1beta1/crypto-perps/({_NAME})"), CRYPTO, "/v1beta1/crypto-perps/{0}"),
     # alpaca-trade-api 3.2 still dials v1beta2, which Alpaca answers with HTTP 404;
     # the message shapes are the same, so it is served from v1beta3's "us" feed.
     (re.compile(r"/v1beta2/crypto"), CRYPTO, "/v1beta3/crypto/us"),

@@ -30,6 +30,7 @@ _PATHS = [
     ("trading", re.compile(r"/stream/?")),
     ("stocks", re.compile(r"/v2/[a-z_]+|/v1beta1/(boats|overnight)")),
     ("crypto", re.compile(r"/v1beta3/crypto/[a-z0-9\-]+")),
+    ("perps", re.compile(r"/v1beta1/crypto-perps/[a-z0-9\-]+")),
     ("news", re.compile(r"/v1beta1/news")),
     ("options", re.compile(r"/v1beta1/(indicative|opra)")),
 ]
@@ -38,6 +39,7 @@ _CHANNELS = {
     "stocks": ["trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds",
                "imbalances"],
     "crypto": ["trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars"],
+    "perps": ["trades", "quotes", "orderbooks", "pricing"],
     "news": ["news"],
     "options": ["trades", "quotes"],
     "trading": [],
@@ -53,6 +55,7 @@ _ERRORS = {
 UNIVERSE = {
     "stocks": ["AAPL", "MSFT", "NVDA", "AMD", "TSLA", "SPY", "QQQ", "AMZN", "GOOGL", "META"],
     "crypto": ["BTC/USD", "ETH/USD", "SOL/USD"],
+    "perps": ["BTC-PERP", "ETH-PERP"],
     "options": ["SPY250117C00500000", "AAPL250117P00180000"],
 }
 
@@ -240,6 +243,8 @@ class FakeAlpacaProtocol(WebSocketServerProtocol):
 class FakeAlpacaFactory(Watched, WebSocketServerFactory):
     """The fake server; its attributes are the switches tests flip."""
 
+    noisy = False  # no "Starting factory" line
+
     protocol = FakeAlpacaProtocol
 
     def __init__(self, accounts: dict[str, str] | None = None,
@@ -348,14 +353,15 @@ class SimulatedMarket(TickingMarket):
         closing = self._current_minute is not None and minute != self._current_minute
         self._current_minute = minute
         sessions = [c for c in self.server.connections if c.key is not None]
-        for kind in ("stocks", "crypto", "options"):
+        for kind in ("stocks", "crypto", "perps", "options"):
             connections = [c for c in sessions if c.kind == kind]
             if not connections:
                 continue
             events = []
             if closing:
                 events += self._bars(kind, connections, minute)
-            channels = ("trades", "quotes", "bars", "dailyBars", "updatedBars", "orderbooks")
+            channels = ("trades", "quotes", "bars", "dailyBars", "updatedBars", "orderbooks",
+                        "pricing")
             for symbol in self._symbols(kind, connections, channels):
                 events += self._activity(kind, symbol, now)
             for connection in connections:
@@ -379,14 +385,21 @@ class SimulatedMarket(TickingMarket):
             bar["n"] += 1
             bar["pv"] += price * size
         spread = max(0.01, round(price * 0.0002, 2))
-        if kind == "crypto":
+        if kind in ("crypto", "perps"):
             trade = {"T": "t", "S": symbol, "p": round(price, 2), "s": size, "t": now,
                      "i": self._trade_id, "tks": self._random.choice("BS")}
             quote = {"T": "q", "S": symbol, "bp": round(price - spread, 2), "bs": 1.2,
                      "ap": round(price + spread, 2), "as": 0.8, "t": now}
             book = {"T": "o", "S": symbol, "t": now, "b": [{"p": round(price - spread, 2),
                                                             "s": round(size, 4)}], "a": []}
-            return [("trades", trade), ("quotes", quote), ("orderbooks", book)]
+            events = [("trades", trade), ("quotes", quote), ("orderbooks", book)]
+            if kind == "perps":
+                events.append(("pricing", {
+                    "T": "p", "S": symbol, "t": now, "ft": _stamp((int(now.seconds) // 28800 + 1)
+                                                                   * 28800),
+                    "ip": round(price * 0.9999, 2), "mp": round(price, 2), "fr": 0.0001,
+                    "oi": 1250.5}))
+            return events
         if kind == "options":
             trade = {"T": "t", "S": symbol, "t": now, "p": round(price / 50, 2), "s": 1,
                      "x": "C", "c": "I"}

@@ -137,6 +137,8 @@ class FakePolygonProtocol(WebSocketServerProtocol):
 class FakePolygonFactory(Watched, WebSocketServerFactory):
     """The fake server; its attributes are the switches tests flip."""
 
+    noisy = False  # no "Starting factory" line
+
     protocol = FakePolygonProtocol
 
     def __init__(self, keys: Iterable[str] | None = None, policy: str = "evict",

@@ -21,6 +21,23 @@ class CryptoTests(TestCase):
         self.upstream = self.harness.upstream
 
     @defer.inlineCallbacks
+    def test_crypto_perps_pricing(self):
+        """Perpetual futures on /v1beta1/crypto-perps/global: pricing (T "p") is a channel,
+        acknowledged by name, and routed by symbol."""
+        path = "/v1beta1/crypto-perps/global"
+        client = yield self.harness.login(path=path)
+        client.send({"action": "subscribe", "pricing": ["BTC-PERP"], "trades": ["BTC-PERP"]})
+        self.assertEqual((yield client.next()), [dict(
+            CRYPTO_EMPTY, trades=["BTC-PERP"], pricing=["BTC-PERP"])])
+        [session] = self.upstream.authenticated()
+        self.assertEqual((session.path, session.subscriptions["pricing"]), (path, ["BTC-PERP"]))
+        pricing = {"T": "p", "S": "BTC-PERP", "t": T0, "ft": T0, "ip": 60000.1, "mp": 60001.5,
+                   "fr": 0.0001, "oi": 1250.5}
+        self.upstream.inject([dict(pricing, S="ETH-PERP"), pricing])
+        [got] = yield client.next()
+        self.assertEqual((got["T"], got["S"], got["mp"]), ("p", "BTC-PERP", 60001.5))
+
+    @defer.inlineCallbacks
     def test_late_joiner_gets_whole_book_first(self):
         """A client joining a book already streamed gets the full book (r:true), then updates."""
         path = "/v1beta3/crypto/us"

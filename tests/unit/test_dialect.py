@@ -108,6 +108,7 @@ class PathTests(SynchronousTestCase):
             "/iex": ("stocks", "/v2/iex"),
             "/v1beta1/boats": ("stocks", "/v1beta1/boats"),
             "/v1beta3/crypto/us": ("crypto", "/v1beta3/crypto/us"),
+            "/v1beta1/crypto-perps/global": ("crypto", "/v1beta1/crypto-perps/global"),
             "/us-1": ("crypto", "/v1beta3/crypto/us-1"),
             "/v1beta1/news": ("news", "/v1beta1/news"),
             "/v1beta1/opra": ("options", "/v1beta1/opra"),
