@@ -9,6 +9,10 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
 
+#: Seconds one attempt to connect upstream may take (TCP and TLS).
+CONNECT_TIMEOUT = 5.0
+
+
 def endpoint_for(reactor: Any, url: str, trust_root: Any = None) -> Any:
     """A client endpoint for a ``ws://`` or ``wss://`` URL.
 
@@ -17,11 +21,13 @@ def endpoint_for(reactor: Any, url: str, trust_root: Any = None) -> Any:
     """
     parsed = URL.from_text(url)
     host = parsed.host
+    # A connection attempt gives up after CONNECT_TIMEOUT seconds, so a client that
+    # waits on it hears why within its own 10 s auth deadline.
     if parsed.scheme == "wss":
         port = parsed.port or 443
         tls = optionsForClientTLS(host, trustRoot=trust_root)
-        return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port))
-    return HostnameEndpoint(reactor, host, parsed.port or 80)
+        return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT))
+    return HostnameEndpoint(reactor, host, parsed.port or 80, timeout=CONNECT_TIMEOUT)
 
 
 def load_ca_bundle(path: str) -> Any:

@@ -6,6 +6,7 @@ Nothing here is global: tests build as many proxies as they like.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -72,10 +73,14 @@ class Proxy:
     hosts: frozenset[str] | None = None
     #: Log an access line per HTTP request (twisted.web's), off by default.
     access_log: bool = False
+    #: Upstream is the built-in simulator (the page says so).
+    simulated: bool = False
     #: Every connected client (``interfaces.IClient``), for limits, pages and shutdown.
     clients: set = field(factory=set)
     #: Connected clients per IP address.
     addresses: Counter = field(factory=Counter)
+    #: Numbers for clients (the status page asks for one client's subscriptions by it).
+    client_ids: Any = field(factory=lambda: itertools.count(1))
     stats: ProxyStats = field(factory=ProxyStats)
     #: Warnings about clients, summarized when they repeat.
     notes: Summarized = Factory(lambda self: Summarized(self.clock), takes_self=True)

@@ -20,8 +20,10 @@ INTERNAL = 500
 
 
 class Refused(Exception):
-    """An account or a request refused, with the code that says why."""
+    """An account or a request refused, with the code that says why (and, for a
+    fault rather than a verdict, what went wrong, to tell the client)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, detail: str = "") -> None:
         super().__init__(code)
         self.code = code
+        self.detail = detail

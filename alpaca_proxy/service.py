@@ -64,6 +64,7 @@ class Settings:
     #: Upstream sessions open at once (0: no limit).
     max_upstreams: int = 64
     access_log: bool = False
+    simulated: bool = False
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
@@ -90,6 +91,7 @@ class Settings:
             auth_timeout=options["auth-timeout"], origins=options["origins"],
             health_grace=options["health-grace"], hosts=options["hosts"],
             max_upstreams=options["max-upstreams"], access_log=bool(options["access-log"]),
+            simulated=bool(options["simulate"]),
         )
 
 
@@ -123,7 +125,7 @@ def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
                   default_feed=settings.default_feed, polygon_root=settings.polygon_root,
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
                   health_grace=settings.health_grace, hosts=settings.hosts,
-                  access_log=settings.access_log)
+                  access_log=settings.access_log, simulated=settings.simulated)
     site = StreamSite(proxy, data=ClientFactory(proxy, AlpacaDataProtocol),
                       trading=ClientFactory(proxy, TradingProtocol),
                       polygon=ClientFactory(proxy, PolygonProtocol))

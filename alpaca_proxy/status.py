@@ -25,6 +25,7 @@ def _session(session: Any, now: float) -> dict[str, Any]:
         "messages_per_second": round(session.incoming.rate(now), 1),
         "bytes_in": session.bytes_in,
         "messages_out": session.messages_out,
+        "last_error": session.last_error,
     }
 
 
@@ -32,6 +33,7 @@ def _client(client: Any, now: float) -> dict[str, Any]:
     session = client.session
     subscriptions = session.subscriptions_of(client) if session is not None else 0
     return {
+        "id": client.client_id,
         "peer": client.peer_name,
         "path": client.stream.path if client.stream else None,
         "encoding": client.encoding.name,
@@ -45,7 +47,7 @@ def _client(client: Any, now: float) -> dict[str, Any]:
 
 
 def snapshot(pool: Any, clients: Iterable[Any], stats: Any, now: float,
-             series_seconds: int = 300) -> dict[str, Any]:
+             series_seconds: int = 300, simulated: bool = False) -> dict[str, Any]:
     """The whole picture, as plain data (JSON-ready)."""
     sessions = pool.sessions
     series = [0.0] * series_seconds
@@ -54,6 +56,7 @@ def snapshot(pool: Any, clients: Iterable[Any], stats: Any, now: float,
             series[i] += count
     return {
         "version": __version__,
+        "simulated": simulated,
         "now": now,
         "healthy": healthy(sessions, now),
         "upstreams": [_session(s, now) for s in sessions],
@@ -66,7 +69,17 @@ def snapshot(pool: Any, clients: Iterable[Any], stats: Any, now: float,
 
 
 def healthy(sessions: Iterable[Any], now: float, grace: float = DEFAULT_HEALTH_GRACE) -> bool:
-    """False when an endpoint with clients has had no upstream for longer than ``grace``."""
+    """False when an endpoint with clients has had no upstream for longer than ``grace``,
+    or when an upstream that never accepted its account cannot even be reached."""
     return not any(
-        session.clients and session.state != "ready" and now - session.down_since > grace
+        (session.clients or session.waiting) and session.state != "ready"
+        and now - session.down_since > grace
+        or session.state == "unreachable" and not session.verified
         for session in sessions)
+
+
+def unhealthy_reasons(sessions: Iterable[Any]) -> list[str]:
+    """What /healthz names when it answers 503: each upstream not ready, and why."""
+    return ["%s (%s): %s%s" % (session.stream.path, session.credentials.key, session.state,
+                               ": " + session.last_error if session.last_error else "")
+            for session in sessions if session.state != "ready"]

@@ -24,7 +24,7 @@ from alpaca_proxy import streams
 from alpaca_proxy.codec import to_json
 from alpaca_proxy.logs import short
 from alpaca_proxy.metrics import registry_for
-from alpaca_proxy.status import healthy, snapshot
+from alpaca_proxy.status import healthy, snapshot, unhealthy_reasons
 
 
 _PAGE = resources.files("alpaca_proxy").joinpath("status.html").read_bytes()
@@ -98,7 +98,8 @@ class StreamsResource(Resource):
             return _PAGE
         if path == "/status.json":
             proxy = self._proxy
-            body = snapshot(proxy.pool, proxy.clients, proxy.stats, proxy.clock.seconds())
+            body = snapshot(proxy.pool, proxy.clients, proxy.stats, proxy.clock.seconds(),
+                            simulated=proxy.simulated)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return to_json(body)
@@ -107,10 +108,29 @@ class StreamsResource(Resource):
             ok = healthy(proxy.pool.sessions, proxy.clock.seconds(), proxy.health_grace)
             request.setResponseCode(200 if ok else 503)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"ok\n" if ok else b"upstream down\n"
+            if ok:
+                return b"ok\n"
+            reasons = unhealthy_reasons(proxy.pool.sessions)
+            return ("upstream down\n" + "".join("  %s\n" % r for r in reasons)).encode()
+        if path == "/subscriptions.json":
+            return self._subscriptions(request)
         if path == "/metrics":
             return self._metrics.render(request)
         return None
+
+    def _subscriptions(self, request: Any) -> bytes:
+        """One client's subscriptions (``?client=ID`` from status.json), on demand."""
+        wanted = (request.args.get(b"client") or [b""])[0].decode("latin-1")
+        client = next((c for c in self._proxy.clients if str(c.client_id) == wanted), None)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        if client is None or client.session is None:
+            request.setResponseCode(404)
+            return to_json({"error": "no such authenticated client"})
+        state = client.session.state_of(client)
+        if isinstance(state, dict):
+            return to_json({channel: list(symbols) for channel, symbols in state.items()})
+        return to_json({"streams": list(state)})
 
 
 class _Channel(HTTPChannel):

@@ -95,9 +95,11 @@ class Auth:
     credentials: Credentials
 
 
-def error(code: int) -> dict[str, Any]:
-    """Alpaca's error message for a code."""
-    return {"T": "error", "code": code, "msg": ERRORS[code]}
+def error(code: int, detail: str = "") -> dict[str, Any]:
+    """Alpaca's error message for a code; a detail (the proxy's own faults only) follows
+    Alpaca's text, which stays first so clients matching on it still do."""
+    text = ERRORS[code] + (": " + detail if detail else "")
+    return {"T": "error", "code": code, "msg": text}
 
 
 WELCOME = {"T": "success", "msg": "connected"}

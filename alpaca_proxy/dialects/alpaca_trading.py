@@ -54,12 +54,13 @@ def parse(message: Any) -> TradingAuth | Listen:
     return TradingAuth(Credentials(key, secret))
 
 
-def authorization(authorized: bool, action: str = "authenticate") -> dict[str, Any]:
+def authorization(authorized: bool, action: str = "authenticate",
+                  message: str = "") -> dict[str, Any]:
     """The ``authorization`` reply (live servers add a message when refusing)."""
     data: dict[str, Any] = {"status": "authorized" if authorized else "unauthorized",
                             "action": action}
     if not authorized and action == "authenticate":
-        data["message"] = "access key verification failed"
+        data["message"] = message or "access key verification failed"
     return {"stream": "authorization", "data": data}
 
 

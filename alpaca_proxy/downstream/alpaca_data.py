@@ -94,8 +94,8 @@ class AlpacaDataProtocol(ClientProtocol):
     def _auth_accepted(self) -> None:
         self.send_control(AUTHENTICATED)
 
-    def _auth_refused(self, code: int) -> None:
-        self.send_control(error(code))
+    def _auth_refused(self, code: int, detail: str = "") -> None:
+        self.send_control(error(code, detail))
 
     def _deadline_passed(self) -> None:
         self.send_control(error(404))

@@ -54,8 +54,8 @@ class TradingProtocol(ClientProtocol):
     def _auth_accepted(self) -> None:
         self.send_message(alpaca_trading.authorization(True))
 
-    def _auth_refused(self, code: int) -> None:
-        self.send_message(alpaca_trading.authorization(False))
+    def _auth_refused(self, code: int, detail: str = "") -> None:
+        self.send_message(alpaca_trading.authorization(False, message=detail))
 
     def _deadline_passed(self) -> None:
         self.send_message(alpaca_trading.authorization(False))

@@ -111,6 +111,8 @@ class ClientProtocol(WebSocketServerProtocol):
     _rate = None
     messages_sent = 0
     connected_at = 0.0
+    #: Numbered by the proxy when it opens, for the status page.
+    client_id = 0
 
     # -- hooks -------------------------------------------------------------------
 
@@ -131,7 +133,9 @@ class ClientProtocol(WebSocketServerProtocol):
     def _auth_accepted(self) -> None:
         raise NotImplementedError
 
-    def _auth_refused(self, code: int) -> None:
+    def _auth_refused(self, code: int, detail: str = "") -> None:
+        """Tell the client it is not authenticated: why (``code``), and for a fault
+        (upstream unreachable) what went wrong."""
         raise NotImplementedError
 
     def _deadline_passed(self) -> None:
@@ -180,6 +184,7 @@ class ClientProtocol(WebSocketServerProtocol):
         return None
 
     def _refuse_handshake(self, status: int, kind: str, format: str, **fields: Any) -> None:
+        """Count and note a refused upgrade (summarized when it repeats)."""
         self.factory.proxy.stats.refused[status] += 1
         self.factory.proxy.notes.warn(kind, format, peer=self.peer_name, status=status, **fields)
 
@@ -187,6 +192,7 @@ class ClientProtocol(WebSocketServerProtocol):
         try:
             proxy = self.factory.proxy
             proxy.clients.add(self)
+            self.client_id = next(proxy.client_ids)
             proxy.addresses[self.peer_host] += 1
             self._counted = True
             self.connected_at = proxy.clock.seconds()
@@ -302,8 +308,9 @@ class ClientProtocol(WebSocketServerProtocol):
         if failure.check(CancelledError):  # the client left first
             self._authenticating = False
             return
+        detail = ""
         if failure.check(Refused):
-            code = failure.value.code
+            code, detail = failure.value.code, failure.value.detail
         else:
             self._log.failure("auth of {peer}", failure, peer=self.peer_name)
             code = INTERNAL
@@ -312,19 +319,22 @@ class ClientProtocol(WebSocketServerProtocol):
             # Guessing is slowed per address; messages keep waiting behind the verdict.
             self._refusal = self.factory.proxy.clock.callLater(delay, self._refuse_auth, code)
         else:
-            self._refuse_auth(code)
+            self._refuse_auth(code, detail)
 
     _refusal = None
 
-    def _refuse_auth(self, code: int) -> None:
+    def _refuse_auth(self, code: int, detail: str = "") -> None:
         self._refusal = None
         self._authenticating = False
         if not self._sendable:
             return
         self.factory.proxy.notes.warn("auth-refused", "client {peer} on {path}: auth refused"
-                                      " with {code}", peer=self.peer_name,
-                                      path=self.stream.path, code=code)
-        self._auth_refused(code)
+                                      " with {code} {detail}", peer=self.peer_name,
+                                      path=self.stream.path, code=code, detail=detail)
+        self._auth_refused(code, detail)
+        if detail:  # a fault, not a verdict: the client should come back later
+            self.close(1011, "upstream unreachable")
+            return
         self._drain()
 
     def _drain(self) -> None:

@@ -72,8 +72,8 @@ class PolygonProtocol(ClientProtocol):
     def _auth_accepted(self) -> None:
         self.send_status(polygon.AUTH_SUCCESS)
 
-    def _auth_refused(self, code: int) -> None:
-        self.send_status(polygon.AUTH_FAILED)
+    def _auth_refused(self, code: int, detail: str = "") -> None:
+        self.send_status(polygon.status("error", detail) if detail else polygon.AUTH_FAILED)
 
     def _deadline_passed(self) -> None:
         self.send_status(polygon.AUTH_TIMEOUT)

@@ -26,6 +26,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -71,6 +72,10 @@ class ILinkReceiver(Interface):
 
     def link_down(was_ready):
         """The connection is gone; the link will come up again unless stopped."""
+
+    def link_failed(cause):
+        """An attempt failed before upstream accepted the account (DNS, TCP, TLS, HTTP
+        status at the handshake): ``cause`` in words.  The link keeps trying."""
 
 
 class IDataReceiver(ILinkReceiver):
@@ -314,10 +319,12 @@ class WebSocketLink(MultiService):
 
         ClientService counts these for the backoff itself; this only says so.
         """
-        if reason.check(CancelledError):  # stopped while connecting: nothing went wrong
-            return
+        if reason.check(CancelledError, ConnectingCancelledError) or not self.running:
+            return  # stopped while connecting: nothing went wrong
+        cause = reason.getErrorMessage()
         self._log.warn("upstream {path} unreachable ({key}): {reason}", path=self.stream.path,
-                       key=self.credentials.key, reason=reason.getErrorMessage())
+                       key=self.credentials.key, reason=cause)
+        self.receiver.link_failed("cannot reach %s: %s" % (self.url, cause))
 
     def _closed(self, protocol: _LinkProtocol, clean: bool, code: Any, reason: Any) -> None:
         if protocol is not self._protocol and self._protocol is not None:
@@ -335,6 +342,10 @@ class WebSocketLink(MultiService):
             " cause={cause}", path=self.stream.path, key=self.credentials.key, clean=clean,
             code=code, reason=reason, cause=cause)
         self.receiver.link_down(was_ready)
+        if not was_ready and not self._closed_waiters:  # an attempt failed, not a stop
+            detail = cause or (reason if isinstance(reason, str) and reason else "")
+            self.receiver.link_failed("%s: connection closed before authenticating%s"
+                                      % (self.url, ": " + detail if detail else ""))
         self._closed_waiters, waiters = [], self._closed_waiters
         for waiter in waiters:
             waiter.callback(None)

@@ -174,9 +174,13 @@ class UpstreamPool(MultiService):
 
         retried: Deferred = Deferred(cancel)
 
-        def again(_: Any) -> None:
-            if not cancelled:
-                self.authenticate(stream, credentials).chainDeferred(retried)
+        def again(outcome: Any) -> None:
+            if cancelled:
+                return
+            if isinstance(outcome, Failure) and outcome.check(Refused) and outcome.value.detail:
+                retried.errback(outcome)  # upstream unreachable: this pair cannot try either
+                return
+            self.authenticate(stream, credentials).chainDeferred(retried)
 
         event.addBoth(again)
         return retried
@@ -222,6 +226,8 @@ class UpstreamPool(MultiService):
         session.link = link_class(session, stream, credentials, url, self._reactor, self._clock,
                                   self._liveness, self._trust_root, **options)
         session.on_refused = self._refused
+        session.upstream_judges = (self._polygon_accounts if stream.kind == POLYGON
+                                   else self._accounts) is None
         self._sessions[(credentials.key, stream.path)] = session
         self._log.info("opening upstream {url} for key {key}", url=url, key=credentials.key)
         session.link.setServiceParent(self)

@@ -7,7 +7,8 @@ market data keeps the router's books: clients' requests go to the router, the
 router's changes to the link, the link's acks and frames back to the router
 and, through ``fanout``, to the clients.  It never writes to a client itself.
 
-States: ``connecting``, ``authenticating``, ``ready``, ``refused``.
+States: ``connecting``, ``authenticating``, ``ready``, ``unreachable`` (the last
+attempt failed; ``last_error`` says why), ``refused``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from alpaca_proxy.books import OrderBooks
 from alpaca_proxy.counters import RateMeter
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.interfaces import IDataSession, ISession
-from alpaca_proxy.refusal import Refused
+from alpaca_proxy.refusal import INTERNAL, Refused
 from alpaca_proxy.router import Router
 from alpaca_proxy.streams import Stream
 from alpaca_proxy.subscriptions import Change, Key, State
@@ -64,6 +65,11 @@ class Session:
         self._down_waiters: list[Deferred] = []
         #: Clients waiting for this session's verdict (they keep it from retiring).
         self.waiting = 0
+        #: Why the last attempt failed (None once upstream accepted the account).
+        self.last_error: str | None = None
+        #: With no account configured for it, upstream alone can accept the pair: while
+        #: it cannot be reached, waiting clients are told why instead of timing out.
+        self.upstream_judges = False
         #: For the status page and /metrics.
         self.incoming = RateMeter()
         self.bytes_in = 0
@@ -85,6 +91,8 @@ class Session:
             return succeed(None)
         if self.refusal is not None:
             return Deferred.fromFailure(Refused(self.refusal))
+        if self.upstream_judges and self.state == "unreachable":
+            return Deferred.fromFailure(self._unreachable())
         waiter: Deferred = Deferred()
         self._verdict_waiters.append(waiter)
         return waiter
@@ -124,7 +132,22 @@ class Session:
     def link_connected(self) -> None:
         self.state = "authenticating"
 
+    def link_failed(self, cause: str) -> None:
+        self.last_error = cause
+        if self.state in ("ready", "refused"):
+            return
+        self.state = "unreachable"
+        if self.upstream_judges and not self.verified:
+            self._verdict_waiters, waiters = [], self._verdict_waiters
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(self._unreachable())
+
+    def _unreachable(self) -> Refused:
+        return Refused(INTERNAL, "upstream unreachable: %s" % (self.last_error,))
+
     def link_ready(self) -> None:
+        self.last_error = None
         self.state = "ready"
         self.ready_since = self.clock.seconds()
         self.verified = True
@@ -148,7 +171,7 @@ class Session:
 
     def link_down(self, was_ready: bool) -> None:
         self.ready_since = None
-        if self.state != "refused":
+        if self.state not in ("refused", "unreachable"):
             self.state = "connecting"
         if was_ready:
             self.down_since = self.clock.seconds()

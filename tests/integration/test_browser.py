@@ -1,5 +1,6 @@
 """The status page as a person sees it: headless Chromium against the simulated proxy."""
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,15 @@ from twisted.trial.unittest import SkipTest, TestCase
 from alpaca_proxy.options import Options
 from alpaca_proxy.service import makeService
 from tests.support import connect, listening_port
+
+
+@defer.inlineCallbacks
+def get_page(url):
+    """A page's body over HTTP (twisted.web's Agent)."""
+    from twisted.web.client import Agent, readBody
+
+    response = yield Agent(reactor).request(b"GET", url.encode())
+    return (yield readBody(response))
 
 
 
@@ -74,14 +84,21 @@ class StatusPageBrowserTests(TestCase):
         out, err, code = yield self.run_chromium("--dump-dom", url)
         self.assertEqual(code, 0, err.decode()[-2000:])
         dom = out.decode()
-        self.assertEqual(dom.count('<tr class="client">'), 2, dom[-3000:])
+        self.assertEqual(len(re.findall(r'<tr class="client"', dom)), 2, dom[-3000:])
         self.assertIn("/v1beta3/crypto/us", dom)
         updates = int(re.search(r'data-updates="(\d+)"', dom).group(1))
         self.assertGreaterEqual(updates, 2, "the page did not update itself")
         rate = float(re.search(r'<span id="rate">([0-9.]+)</span>', dom).group(1))
         self.assertGreater(rate, 0)
         self.assertIn(">healthy<", dom)
+        self.assertIn('<span id="simulated" class="pill warn">SIMULATED', dom)
         self.assertNotIn("demo-secret", dom)
+        # One client's subscriptions, on demand (a click, or #client=ID in the address).
+        status = json.loads((yield get_page(url + "status.json")))
+        stocks = next(c for c in status["clients"] if c["path"] == "/v2/iex")
+        out, err, code = yield self.run_chromium("--dump-dom",
+                                                 url + "#client=%d" % (stocks["id"],))
+        self.assertIn("trades: AAPL, MSFT", out.decode())
         screenshot = screenshot_path()
         if screenshot.exists():
             screenshot.unlink()

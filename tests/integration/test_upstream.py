@@ -339,3 +339,39 @@ class RefusalMemoryKeptTests(TestCase):
         yield harness.upstream.when(lambda: not harness.upstream.connections)
         self.assertEqual((yield wrong())[0]["code"], 402)
         self.assertEqual(harness.upstream.handshakes, 2)
+
+
+class NewcomerWithoutUpstreamTests(TestCase):
+    """No account configured and Alpaca unreachable: the client hears why, at once."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_client_is_told_the_cause_and_health_says_so(self):
+        """Error 500 naming the cause (not a 404 auth timeout ten seconds later), a 1011
+        close; /healthz 503 and status.json show the upstream unreachable and why."""
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, readBody
+
+        harness = yield Harness(self, configured=False).start()
+        yield harness.upstream_port.stopListening()
+        client = yield harness.connect()
+        yield client.next()
+        client.send({"action": "auth", "key": KEY, "secret": "any"})
+        [error] = yield client.next()
+        self.assertEqual(error["code"], 500)
+        self.assertTrue(error["msg"].startswith("internal error: upstream unreachable: cannot"
+                                                " reach ws://127.0.0.1:"), error)
+        self.assertIn("refused", error["msg"].lower())
+        self.assertEqual((yield client.closed), 1011)
+        agent = Agent(reactor)
+        base = "http://127.0.0.1:%d" % (harness.port,)
+        response = yield agent.request(b"GET", (base + "/healthz").encode())
+        body = yield readBody(response)
+        self.assertEqual(response.code, 503)
+        self.assertIn(b"unreachable: cannot reach", body)
+        response = yield agent.request(b"GET", (base + "/status.json").encode())
+        import json
+        [upstream] = json.loads((yield readBody(response)))["upstreams"]
+        self.assertEqual(upstream["state"], "unreachable")
+        self.assertIn("cannot reach", upstream["last_error"])

@@ -20,7 +20,7 @@ class PoolTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.reactor = MemoryReactorClock()
-        self.pool = UpstreamPool(self.reactor, lambda: "ws://upstream.test", clock=self.clock,
+        self.pool = UpstreamPool(self.reactor, lambda: "ws://127.0.0.1:9", clock=self.clock,
                                  linger=5.0, max_sessions=3)
         self.pool.startService()
         self.addCleanup(self.pool.stopService)
@@ -97,7 +97,7 @@ class PoolTests(SynchronousTestCase):
 
     def test_refusal_memory_is_bounded(self):
         """Refused pairs are remembered, the oldest forgotten past the bound."""
-        pool = UpstreamPool(self.reactor, lambda: "ws://upstream.test", clock=self.clock,
+        pool = UpstreamPool(self.reactor, lambda: "ws://127.0.0.1:9", clock=self.clock,
                             max_sessions=0)
         pool.startService()
         self.addCleanup(pool.stopService)
