@@ -55,19 +55,21 @@ def script(name: str) -> str:
 
 #: The JS SDK, from the npm registry, for node.
 JS_PACKAGES = ["@alpacahq/alpaca-trade-api@3.1.3"]
+#: The 4.x line (now npm's latest): per-stream URLs, plain ws:// works.
+JS4_PACKAGES = ["@alpacahq/alpaca-trade-api@4.0.2"]
 JS_HERE = Path(__file__).parent / "js"
 
 
-def node_modules() -> str:
-    """A node_modules folder holding the JS SDK (for NODE_PATH), installed on first use."""
-    prefix = location("js")
+def node_modules(name: str = "js", packages: list[str] = JS_PACKAGES) -> str:
+    """A node_modules folder holding a JS SDK (for NODE_PATH), installed on first use."""
+    prefix = location(name)
     modules = prefix / "node_modules"
     stamp = prefix / ".packages"
-    if not (modules.exists() and stamp.exists() and stamp.read_text() == repr(JS_PACKAGES)):
+    if not (modules.exists() and stamp.exists() and stamp.read_text() == repr(packages)):
         prefix.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-save", "--no-audit",
-                        "--no-fund", "--loglevel=error"] + JS_PACKAGES, check=True)
-        stamp.write_text(repr(JS_PACKAGES))
+                        "--no-fund", "--loglevel=error"] + packages, check=True)
+        stamp.write_text(repr(packages))
     return str(modules)
 
 

@@ -25,7 +25,6 @@ def get_page(url):
     return (yield readBody(response))
 
 
-
 def screenshot_path() -> Path:
     """Where the screenshot is kept, an artifact of the run (in trial's temp folder)."""
     return Path(os.environ.get("ALPACA_PROXY_SCREENSHOT", "status-page.png")).resolve()

@@ -245,6 +245,21 @@ class SdkMatrixTests(TestCase):
         self.assertParsed(self.lines((yield run)), market_expected("AAPL"),
                           "2024-05-02T14:03:07.120")
 
+    @defer.inlineCallbacks
+    def test_js_sdk_4_stocks_over_plain_ws(self):
+        """The JS SDK 4.x (npm's latest) with a per-stream url: plain ws://, no TLS."""
+        modules = sdk_env.node_modules("js4", sdk_env.JS4_PACKAGES)
+        node = shutil.which("node")
+        self.assertIsNotNone(node, "node is not installed")
+        run = getProcessOutputAndValue(
+            node, [sdk_env.js_script("stock_client_v4.js"), self.ws + "/v2/iex", KEY, SECRET,
+                   "AAPL", "3"],
+            env={"NODE_PATH": modules, "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        yield self.subscribed(("trades", "quotes", "bars"), "AAPL")
+        self.upstream.inject(market_frame(["AAPL", "OTHER"]))
+        self.assertParsed(self.lines((yield run)), market_expected("AAPL"),
+                          "2024-05-02T14:03:07.120")
+
     # -- several at once ----------------------------------------------------------
 
     @defer.inlineCallbacks
