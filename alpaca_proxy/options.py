@@ -48,6 +48,11 @@ ENVIRONMENT = {
     "client-ping-interval": "ALPACA_PROXY_CLIENT_PING_INTERVAL",
     "client-ping-timeout": "ALPACA_PROXY_CLIENT_PING_TIMEOUT",
     "allow-host": "ALPACA_PROXY_ALLOW_HOST",
+    "data-rest-url": "ALPACA_PROXY_DATA_REST_URL",
+    "trading-rest-url": "ALPACA_PROXY_TRADING_REST_URL",
+    "rest-rate": "ALPACA_PROXY_REST_RATE",
+    "rest-queue-timeout": "ALPACA_PROXY_REST_QUEUE_TIMEOUT",
+    "rest-timeout": "ALPACA_PROXY_REST_TIMEOUT",
 }
 
 #: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
@@ -75,6 +80,21 @@ class Options(usage.Options):
          "Upstream market-data base URL (ws:// or wss://) [env ALPACA_PROXY_DATA_URL]."],
         ["trading-url", None, "wss://paper-api.alpaca.markets",
          "Upstream trading-stream base URL [env ALPACA_PROXY_TRADING_URL]."],
+        ["data-rest-url", None, "https://data.alpaca.markets",
+         "Alpaca's market-data REST base URL, for REST requests on the proxy's port"
+         " [env ALPACA_PROXY_DATA_REST_URL]."],
+        ["trading-rest-url", None, None,
+         "Alpaca's trading REST base URL; default: --trading-url with https:// (http:// for"
+         " ws://) [env ALPACA_PROXY_TRADING_REST_URL]."],
+        ["rest-rate", None, 200,
+         "REST requests a minute per account and host before upstream's first answer says"
+         " its own limit [env ALPACA_PROXY_REST_RATE]."],
+        ["rest-queue-timeout", None, 10.0,
+         "Seconds a REST request may wait for the account's rate budget; then 429"
+         " [env ALPACA_PROXY_REST_QUEUE_TIMEOUT]."],
+        ["rest-timeout", None, 30.0,
+         "Seconds to wait for Alpaca's REST answer: then 504 for GET/HEAD, 502 (outcome"
+         " unknown) for anything else; never retried [env ALPACA_PROXY_REST_TIMEOUT]."],
         ["feed", None, "iex",
          "Stock feed served at / [env ALPACA_PROXY_FEED; IS_PRO=true means sip]."],
         ["linger", None, 30.0,
@@ -199,10 +219,11 @@ class Options(usage.Options):
                               ("max-request-symbols", 0), ("max-rate", 0.0),
                               ("health-grace", 0.0), ("max-clients-per-address", 0),
                               ("max-upstreams", 0), ("client-ping-interval", 0.0),
-                              ("client-ping-timeout", 1.0)):
+                              ("client-ping-timeout", 1.0), ("rest-rate", 1),
+                              ("rest-queue-timeout", 0.0), ("rest-timeout", 0.1)):
             self[name] = _number(self._source(name), self[name], minimum)
         for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols",
-                     "max-clients-per-address", "max-upstreams"):
+                     "max-clients-per-address", "max-upstreams", "rest-rate"):
             self[name] = int(self[name])
         try:
             _check_listen(self["listen"])
@@ -212,6 +233,14 @@ class Options(usage.Options):
         self["polygon-url"] = POLYGON_CLUSTERS.get(self["polygon-url"], self["polygon-url"])
         for name in ("data-url", "trading-url", "polygon-url"):
             self[name] = _check_url(name, self[name])
+        #: REST bases given explicitly (with --simulate, REST goes only where it is told).
+        self["rest-explicit"] = bool(self["trading-rest-url"]) or (
+            "data-rest-url" in self._from_environment or
+            self["data-rest-url"] != "https://data.alpaca.markets")
+        if not self["trading-rest-url"]:
+            self["trading-rest-url"] = _https(self["trading-url"])
+        for name in ("data-rest-url", "trading-rest-url"):
+            self[name] = _check_http_url(self._source(name), self[name])
         if not re.fullmatch(r"[a-z_]+", self["feed"]):
             raise usage.UsageError("--feed: not a feed name: %r" % (self["feed"],))
         accounts: dict[str, Credentials] = {}
@@ -270,6 +299,21 @@ def _loopback_only(description: str) -> bool:
         return False  # all interfaces, a unix socket or a systemd socket: no Host rule
     address = interface.group(1).replace("\0", ":").strip("[]").lower()
     return address == "localhost" or address == "::1" or address.startswith("127.")
+
+
+def _https(stream_url: str) -> str:
+    """The REST base of a stream URL: wss:// → https://, ws:// → http://."""
+    return re.sub(r"^ws(s?)://", r"http\1://", stream_url)
+
+
+def _check_http_url(source: str, value: str) -> str:
+    try:
+        url = URL.from_text(value)
+    except Exception:
+        raise usage.UsageError("%s: not a URL: %r" % (source, value)) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise usage.UsageError("%s: must be an http:// or https:// URL, got %r" % (source, value))
+    return value.rstrip("/")
 
 
 def _check_url(name: str, value: str) -> str:

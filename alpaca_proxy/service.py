@@ -26,6 +26,7 @@ from alpaca_proxy.downstream.client import ClientFactory
 from alpaca_proxy.downstream.polygon import PolygonProtocol
 from alpaca_proxy.options import Options
 from alpaca_proxy.proxy import DEFAULT_HEALTH_GRACE, Limits, Proxy
+from alpaca_proxy.rest import RestForwarder
 from alpaca_proxy.simulator.service import SimulatorService
 from alpaca_proxy.upstream.link import Liveness
 from alpaca_proxy.upstream.pool import UpstreamPool
@@ -65,11 +66,19 @@ class Settings:
     max_upstreams: int = 64
     access_log: bool = False
     simulated: bool = False
+    #: Alpaca's REST bases (None: REST requests are answered 503, as under --simulate).
+    data_rest_url: str | None = None
+    trading_rest_url: str | None = None
+    rest_rate: int = 200
+    rest_queue_timeout: float = 10.0
+    rest_timeout: float = 30.0
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
                      trading_url: Callable[[], str],
                      polygon_url: Callable[[], str]) -> "Settings":
+        # The simulated market has no REST: only explicitly given REST URLs are used.
+        rest = not options["simulate"] or options["rest-explicit"]
         return cls(
             data_url=data_url, trading_url=trading_url, polygon_url=polygon_url,
             accounts=options["accounts"], polygon_accounts=options["polygon-accounts"],
@@ -92,6 +101,10 @@ class Settings:
             health_grace=options["health-grace"], hosts=options["hosts"],
             max_upstreams=options["max-upstreams"], access_log=bool(options["access-log"]),
             simulated=bool(options["simulate"]),
+            data_rest_url=rest and options["data-rest-url"] or None,
+            trading_rest_url=rest and options["trading-rest-url"] or None,
+            rest_rate=options["rest-rate"], rest_queue_timeout=options["rest-queue-timeout"],
+            rest_timeout=options["rest-timeout"],
         )
 
 
@@ -126,9 +139,12 @@ def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
                   health_grace=settings.health_grace, hosts=settings.hosts,
                   access_log=settings.access_log, simulated=settings.simulated)
+    rest = RestForwarder(proxy, reactor, settings.data_rest_url, settings.trading_rest_url,
+                         rate=settings.rest_rate, queue_timeout=settings.rest_queue_timeout,
+                         timeout=settings.rest_timeout, trust_root=settings.trust_root)
     site = StreamSite(proxy, data=ClientFactory(proxy, AlpacaDataProtocol),
                       trading=ClientFactory(proxy, TradingProtocol),
-                      polygon=ClientFactory(proxy, PolygonProtocol))
+                      polygon=ClientFactory(proxy, PolygonProtocol), rest=rest)
     return Built(proxy, site)
 
 
@@ -190,7 +206,9 @@ class ListenerService(StreamServerEndpointService):
     def stopService(self):
         self.factory.proxy.close_all(1001, "alpaca-proxy shutting down")
         self.factory.proxy.notes.stop()
-        return super().stopService()
+        stopping = super().stopService()
+        self.factory.rest.close()
+        return stopping
 
 
 class HangupService(Service):

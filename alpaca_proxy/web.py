@@ -5,7 +5,8 @@ A websocket upgrade on an Alpaca market-data path goes to the data factory, on
 mode) to the Polygon factory; an unknown path is refused with HTTP 404
 before any handshake.  Plain HTTP: ``/`` is the status page (for a browser),
 ``/status.json`` what it shows, ``/metrics`` for Prometheus, ``/healthz`` 200 or
-503; any other stream path gets 426 (Upgrade Required).
+503, ``/subscriptions.json`` one client's subscriptions; any other plain request is
+Alpaca's REST API, forwarded within the account's rate budget (``rest.py``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class StreamsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any) -> None:
+    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any,
+                 rest: Any = None) -> None:
         super().__init__()
         self._proxy = proxy
+        self._rest = rest
         self._data = WebSocketResource(data)
         self._trading = WebSocketResource(trading)
         self._polygon = WebSocketResource(polygon)
@@ -65,6 +68,8 @@ class StreamsResource(Resource):
             page = self._page(path, request)
             if page is not None:
                 return page
+            if self._rest is not None and path != "/favicon.ico":
+                return self._rest.render(request)  # Alpaca's REST APIs, on the same port
         resource = self._resource_for(path)
         if resource is None and path != "/favicon.ico":  # browsers ask; nothing to note
             self._proxy.stats.refused[404] += 1
@@ -170,10 +175,13 @@ class StreamSite(Site):
     protocol = _Channel
     noisy = False
 
-    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any) -> None:
-        super().__init__(StreamsResource(proxy, data, trading, polygon),
+    def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any,
+                 rest: Any = None) -> None:
+        super().__init__(StreamsResource(proxy, data, trading, polygon, rest),
                          timeout=IDLE_TIMEOUT, reactor=proxy.clock)
         self.proxy = proxy
+        #: The REST forwarder (its kept-alive connections close with the listener).
+        self.rest = rest
 
     def log(self, request: Any) -> None:
         """An access line per request only with --access-log (the page polls every 2 s)."""

@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import Clock, deferLater
+from twisted.web.server import Site
 
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.polygon import credentials_for
@@ -24,6 +25,7 @@ from alpaca_proxy.proxy import Limits
 from alpaca_proxy.service import Settings, build
 from alpaca_proxy.simulator.alpaca import FakeAlpacaFactory
 from alpaca_proxy.simulator.polygon import FakePolygonFactory
+from alpaca_proxy.simulator.rest import FakeRest
 from alpaca_proxy.timers import use_clock
 
 KEY, SECRET = "PKTESTKEY", "s3cr3t-Fh9vQ2"
@@ -133,7 +135,9 @@ class Harness:
                  tls: bool = False, liveness=None, limits=None,
                  upstream_tls: str | None = None, trust_upstream: bool = True,
                  upstream_url: str | None = None, polygon_configured: bool = True,
-                 polygon_keys: set | None = None, polygon_root: str | None = None):
+                 polygon_keys: set | None = None, polygon_root: str | None = None,
+                 rest: bool = True, rest_limit: int = 200, rest_window: float = 60.0,
+                 rest_settings: dict | None = None):
         self.testcase = testcase
         self.clock = Clock()
         self.upstream = FakeAlpacaFactory(
@@ -161,6 +165,10 @@ class Harness:
             {credentials_for(POLYGON_KEY).key: credentials_for(POLYGON_KEY)}
             if polygon_configured else None)
         self._polygon_root = polygon_root
+        #: The fake REST upstream (both hosts on one port), if ``rest``.
+        self.rest = FakeRest(self.clock, accounts={KEY: SECRET} if accounts is None else accounts,
+                             limit=rest_limit, window=rest_window) if rest else None
+        self._rest_settings = rest_settings or {}
 
     @defer.inlineCallbacks
     def start(self):
@@ -176,7 +184,13 @@ class Harness:
         self.polygon_port = yield serverFromString(
             reactor, "tcp:0:interface=127.0.0.1").listen(self.polygon)
         polygon_url = "ws://127.0.0.1:%d" % (self.polygon_port.getHost().port,)
+        rest_url = None
+        if self.rest is not None:
+            self.rest_port = yield serverFromString(
+                reactor, "tcp:0:interface=127.0.0.1").listen(Site(self.rest, timeout=None))
+            rest_url = "http://127.0.0.1:%d" % (self.rest_port.getHost().port,)
         settings = Settings(
+            data_rest_url=rest_url, trading_rest_url=rest_url, **self._rest_settings,
             data_url=lambda: url, trading_url=lambda: url, polygon_url=lambda: polygon_url,
             accounts=self._configured, polygon_accounts=self._polygon_accounts,
             linger=self._linger, trust_root=trust_root, limits=self._limits,
@@ -267,6 +281,12 @@ class Harness:
         for connection in list(self.polygon.connections):
             connection.dropConnection(abort=True)
         yield self.polygon_port.stopListening()
+        if self.rest is not None:
+            yield self.site.rest.close()
+            for held in self.rest.held:
+                if held.transport is not None:
+                    held.transport.abortConnection()
+            yield self.rest_port.stopListening()
         # Let the aborted sockets finish closing before trial checks the reactor.
         yield turn()
 

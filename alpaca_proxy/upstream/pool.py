@@ -105,6 +105,11 @@ class UpstreamPool(MultiService):
         self._accepted: dict[str, str] = {}
 
     @property
+    def accounts(self) -> Mapping[str, Credentials] | None:
+        """Alpaca's configured accounts (key id -> pair), or None: clients bring their own."""
+        return self._accounts
+
+    @property
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 

@@ -79,12 +79,14 @@ class PlainHttpTests(TestCase):
     timeout = 20
 
     @defer.inlineCallbacks
-    def test_plain_http_gets_426_on_streams_and_404_elsewhere(self):
-        """Without an upgrade, stream paths answer 426 and unknown paths 404."""
-        harness = yield Harness(self).start()
+    def test_plain_http_without_rest_is_503(self):
+        """Without REST URLs (as under --simulate), a plain request on any path that is not
+        the proxy's own gets 503 saying REST is not simulated; a websocket path upgrades."""
+        harness = yield Harness(self, rest=False).start()
         agent = Agent(reactor)
-        for path, code in [("/v2/iex", 426), ("/stream", 426), ("/nothing/here", 404)]:
+        for path in ("/v2/iex", "/stream", "/v2/account"):
             response = yield agent.request(b"GET", b"http://127.0.0.1:%d%s" % (
                 harness.port, path.encode()))
-            yield readBody(response)
-            self.assertEqual(response.code, code, path)
+            body = yield readBody(response)
+            self.assertEqual(response.code, 503, path)
+            self.assertIn(b"not simulated", body)

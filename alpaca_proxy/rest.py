@@ -1,0 +1,305 @@
+"""Alpaca's REST APIs through the proxy's port, within one rate budget per account.
+
+A plain HTTP request (no websocket upgrade) on a path that is not the proxy's own
+goes to Alpaca: market-data paths (``/v2/stocks/…``, ``/v1beta*/…``) to the data
+REST host, every other path to the trading REST host.  Method, path, query, body
+and end-to-end headers go up as sent; status, headers and body come back as
+upstream sent them.  Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded.
+
+**The proxy never retries a request**, and never sends one twice: a forwarded
+request that cannot change anything (GET, HEAD) and gets no answer in time is
+answered 504; any other (an order) 502 with a message that its outcome is unknown,
+since alpaca-py and alpaca-trade-api retry 504 (and 429) by themselves.
+
+Each account (key id) and upstream host shares one budget, learnt from Alpaca's
+``X-Ratelimit-*`` headers (``--rest-rate`` a minute before the first answer).  When
+it is spent, requests wait — round-robin between client connections, in order
+within one — until the window resets, at most ``--rest-queue-timeout`` seconds;
+then 429 with Alpaca's body and ``Retry-After``.  Such a request never left the
+proxy, so an SDK's own retry of it is harmless.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from io import BytesIO
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool, readBody,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET
+
+from alpaca_proxy.codec import to_json
+from alpaca_proxy.credentials import Credentials
+from alpaca_proxy.logs import short
+
+#: Largest request body forwarded (an order is a few hundred bytes).
+MAX_BODY = 1 << 20
+#: Hop-by-hop headers: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
+                        b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
+                        b"upgrade", b"host", b"content-length"})
+#: Methods that cannot change anything upstream.
+SAFE_METHODS = frozenset({b"GET", b"HEAD"})
+#: Budgets kept at most (one per account and host; the oldest are forgotten).
+MAX_BUDGETS = 256
+#: Requests waiting for budget at most, over all accounts (then 429 at once).
+MAX_WAITING = 1000
+
+
+def is_data_path(path: str) -> bool:
+    """Market-data REST paths (data.alpaca.markets); everything else is trading."""
+    return path.startswith(("/v2/stocks", "/v1beta1/", "/v1beta2/", "/v1beta3/"))
+
+
+@define
+class _Waiter:
+    deferred: Deferred
+    timer: Any
+
+
+@define
+class Budget:
+    """One account's requests a window on one upstream host, and who waits for them."""
+
+    clock: Any
+    limit: int
+    #: Requests still allowed before ``reset_at`` (epoch seconds).
+    remaining: int = 0
+    reset_at: float = 0.0
+    #: connection -> its waiting requests, in order; connections served round-robin.
+    _queues: "OrderedDict[Any, deque[_Waiter]]" = field(factory=OrderedDict)
+    _wakeup: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        self.remaining = self.limit
+        self.reset_at = self.clock.seconds() + 60.0
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
+    def acquire(self, connection: Any, timeout: float) -> Deferred:
+        """Fires when a request may go up; fails with ``TimeoutError`` after ``timeout``."""
+        self._refill()
+        if self.remaining > 0 and not self._queues:
+            self.remaining -= 1
+            return succeed(None)
+        deferred: Deferred = Deferred()
+        waiter = _Waiter(deferred, None)
+        waiter.timer = self.clock.callLater(timeout, self._expire, connection, waiter)
+        self._queues.setdefault(connection, deque()).append(waiter)
+        self._schedule()
+        return deferred
+
+    def learn(self, headers: Headers) -> None:
+        """Take upstream's own count from an answer's ``X-Ratelimit-*`` headers."""
+        def number(name: bytes) -> float | None:
+            value = headers.getRawHeaders(name)
+            try:
+                return float(value[0]) if value else None
+            except ValueError:
+                return None
+
+        limit, remaining, reset = (number(b"x-ratelimit-limit"),
+                                   number(b"x-ratelimit-remaining"),
+                                   number(b"x-ratelimit-reset"))
+        if limit is not None and limit > 0:
+            self.limit = int(limit)
+        if reset is not None and reset > self.clock.seconds():
+            if reset > self.reset_at + 1:  # a new window began upstream
+                self.remaining = self.limit
+            self.reset_at = reset
+        if remaining is not None:
+            self.remaining = min(self.remaining, int(remaining))
+        self._schedule()
+
+    def retry_after(self) -> int:
+        return max(1, int(self.reset_at - self.clock.seconds() + 0.999))
+
+    def _refill(self) -> None:
+        if self.clock.seconds() >= self.reset_at:
+            self.remaining = self.limit
+            self.reset_at = self.clock.seconds() + 60.0
+
+    def _schedule(self) -> None:
+        self._refill()
+        while self.remaining > 0 and self._queues:
+            connection, queue = next(iter(self._queues.items()))
+            waiter = queue.popleft()
+            del self._queues[connection]
+            if queue:  # round-robin: this connection goes to the back
+                self._queues[connection] = queue
+            if waiter.timer.active():
+                waiter.timer.cancel()
+            self.remaining -= 1
+            waiter.deferred.callback(None)
+        if self._queues and (self._wakeup is None or not self._wakeup.active()):
+            delay = max(0.0, self.reset_at - self.clock.seconds()) + 0.01
+            self._wakeup = self.clock.callLater(delay, self._schedule)
+
+    def _expire(self, connection: Any, waiter: _Waiter) -> None:
+        queue = self._queues.get(connection)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                del self._queues[connection]
+        waiter.deferred.errback(TimeoutError("rate budget spent"))
+
+
+class RestForwarder:
+    """Forwards one HTTP request to Alpaca and its answer back (a twisted.web render)."""
+
+    _log = Logger()
+
+    def __init__(self, proxy: Any, reactor: Any, data_url: str | None,
+                 trading_url: str | None, rate: int = 200, queue_timeout: float = 10.0,
+                 timeout: float = 30.0, trust_root: Any = None) -> None:
+        self._proxy = proxy
+        self._clock = proxy.clock
+        self._data_url = data_url
+        self._trading_url = trading_url
+        self._rate = rate
+        self._queue_timeout = queue_timeout
+        self._timeout = timeout
+        self._pool = pool = HTTPConnectionPool(reactor)
+        pool.retryAutomatically = False  # never a request twice, not even a GET
+        self._agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust_root),
+                            pool=pool, connectTimeout=5)
+        self._budgets: OrderedDict[tuple[str, str], Budget] = OrderedDict()
+
+    def close(self) -> Deferred:
+        """Close the kept-alive connections to Alpaca (the proxy is stopping)."""
+        return self._pool.closeCachedConnections()
+
+    def budget(self, key: str, base: str) -> Budget:
+        budget = self._budgets.pop((key, base), None) or Budget(self._clock, self._rate)
+        self._budgets[(key, base)] = budget
+        while len(self._budgets) > MAX_BUDGETS:
+            self._budgets.popitem(last=False)
+        return budget
+
+    @property
+    def waiting(self) -> int:
+        return sum(budget.waiting for budget in self._budgets.values())
+
+    def render(self, request: Any) -> Any:
+        path = request.uri.decode("latin-1")
+        base = self._data_url if is_data_path(request.path.decode("latin-1")) else self._trading_url
+        if base is None:
+            return self._answer(request, 503, {"message": (
+                "Alpaca's REST APIs are not simulated: run without --simulate, or give"
+                " --trading-rest-url and --data-rest-url")})
+        base = base.rstrip("/")
+        key = (request.getHeader(b"apca-api-key-id") or b"").decode("latin-1")
+        secret = (request.getHeader(b"apca-api-secret-key") or b"").decode("latin-1")
+        accounts = self._proxy.pool.accounts
+        if accounts is not None:
+            configured = accounts.get(key)
+            if configured is None or not configured.matches(Credentials(key, secret)):
+                return self._answer(request, 401, {"code": 40110000,
+                                                   "message": "request is not authorized"})
+        body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(body) > MAX_BODY:
+            return self._answer(request, 413, {"message": "request body over 1 MiB"})
+        if self.waiting >= MAX_WAITING:
+            return self._too_many(request, None)
+        budget = self.budget(key, base)
+        waited = budget.acquire(request.channel, self._queue_timeout)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: waited.cancel() if not waited.called else None)
+
+        def go(_: Any) -> Deferred:
+            return self._forward(request, base + path, body, budget)
+
+        def spent(failure: Any) -> None:
+            if failure.check(TimeoutError):
+                self._too_many(request, budget)
+            elif not failure.check(CancelledError):
+                self._log.failure("REST {path}", failure, path=short(path))
+
+        waited.addCallbacks(go, spent)
+        return NOT_DONE_YET
+
+    def _forward(self, request: Any, url: str, body: bytes, budget: Budget) -> Deferred:
+        headers = Headers()
+        connection = {token.strip().lower() for value in
+                      request.requestHeaders.getRawHeaders(b"connection", [])
+                      for token in value.split(b",")}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
+                headers.setRawHeaders(name, values)
+        method = request.method
+        sending = self._agent.request(method, url.encode("latin-1"), headers,
+                                      FileBodyProducer(BytesIO(body)) if body else None)
+        timed_out = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            sending.cancel()
+
+        timer = self._clock.callLater(self._timeout, give_up)
+
+        def answered(response: Any) -> Deferred:
+            budget.learn(response.headers)
+            return readBody(response).addCallback(lambda data: (response, data))
+
+        def relay(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            response, data = result
+            if request.finished or request._disconnected:
+                return
+            request.setResponseCode(response.code, response.phrase)
+            for name, values in response.headers.getAllRawHeaders():
+                if name.lower() not in HOP_BY_HOP:
+                    request.responseHeaders.setRawHeaders(name, values)
+            request.write(data)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if request.finished or request._disconnected:
+                return
+            safe = method in SAFE_METHODS
+            if timed_out:
+                if safe:
+                    self._answer(request, 504, {"message": "Alpaca did not answer within %ss"
+                                                           % (self._timeout,)})
+                else:
+                    self._answer(request, 502, {"message": (
+                        "Alpaca did not answer within %ss: the outcome of this %s is unknown;"
+                        " look the order up (GET /v2/orders:by_client_order_id) before sending"
+                        " it again" % (self._timeout, method.decode("latin-1")))})
+            elif failure.check(ConnectError, DNSLookupError):
+                self._answer(request, 502, {"message": "Alpaca unreachable (%s); the request"
+                                                       " was not sent" % (failure.getErrorMessage(),)})
+            else:
+                self._answer(request, 502, {"message": (
+                    "the connection to Alpaca failed (%s); the outcome is unknown%s"
+                    % (failure.getErrorMessage(), "" if safe else ": look the order up before"
+                       " sending it again"))})
+
+        return sending.addCallback(answered).addCallbacks(relay, failed)
+
+    def _too_many(self, request: Any, budget: Budget | None) -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setHeader(b"retry-after", str(budget.retry_after() if budget else 1).encode())
+        self._answer(request, 429, {"code": 42910000, "message": "rate limit exceeded"})
+
+    def _answer(self, request: Any, status: int, body: dict) -> bytes:
+        """A local answer (never forwarded) in Alpaca's JSON error shape."""
+        payload = to_json(body)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(payload)
+        request.finish()
+        return NOT_DONE_YET

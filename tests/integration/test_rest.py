@@ -1,0 +1,158 @@
+"""Alpaca's REST APIs through the proxy's port, against the fake REST upstream."""
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from alpaca_proxy.rest import is_data_path
+from tests.support import KEY, SECRET, Harness, turn
+
+AUTH = {b"APCA-API-KEY-ID": [KEY.encode()], b"APCA-API-SECRET-KEY": [SECRET.encode()]}
+
+
+class PathTests(SynchronousTestCase):
+    def test_data_and_trading_paths(self):
+        """Market-data paths go to the data host, everything else to the trading host."""
+        for path in ("/v2/stocks/AAPL/bars", "/v2/stocks/bars", "/v1beta3/crypto/us/bars",
+                     "/v1beta1/news", "/v1beta1/options/bars", "/v1beta1/screener/stocks"):
+            self.assertTrue(is_data_path(path), path)
+        for path in ("/v2/account", "/v2/orders", "/v2/options/contracts", "/v2/clock"):
+            self.assertFalse(is_data_path(path), path)
+
+
+class RestTests(TestCase):
+    timeout = 30
+
+    def request(self, harness, method, path, headers=None, body=None):
+        """One request on its own connection; fires with (status, headers, body)."""
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, pool=pool)
+        merged = dict(AUTH)
+        merged.update(headers or {})
+        all_headers = Headers(merged)
+        from twisted.web.client import FileBodyProducer
+        from io import BytesIO
+
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+        sending = agent.request(method, b"http://127.0.0.1:%d%s" % (harness.port, path),
+                                all_headers, producer)
+
+        def read(response):
+            return readBody(response).addCallback(
+                lambda data: (response.code, response.headers, data))
+
+        return sending.addCallback(read)
+
+    @defer.inlineCallbacks
+    def test_forwarded_as_sent_and_answered_as_upstream_answered(self):
+        """Method, path, query, end-to-end headers go up; hop-by-hop ones do not; the
+        status, rate-limit headers and body come back as upstream sent them."""
+        harness = yield Harness(self).start()
+        status, headers, body = yield self.request(
+            harness, b"GET", b"/v2/assets?asset_class=us_equity",
+            {b"X-Algo": [b"a1"], b"Connection": [b"close, X-Hop"], b"X-Hop": [b"1"]})
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)[0]["symbol"], "AAPL")
+        self.assertEqual(headers.getRawHeaders(b"x-ratelimit-limit"), [b"200"])
+        [(method, path, sent, _)] = harness.rest.requests
+        self.assertEqual((method, path), ("GET", "/v2/assets?asset_class=us_equity"))
+        self.assertEqual((sent["x-algo"], sent["apca-api-key-id"]), ("a1", KEY))
+        self.assertNotIn("x-hop", sent)
+        status, _, body = yield self.request(harness, b"GET", b"/v2/stocks/AAPL/bars")
+        self.assertEqual((status, json.loads(body)["symbol"]), (200, "AAPL"))
+
+    @defer.inlineCallbacks
+    def test_wrong_pair_and_big_bodies_never_leave(self):
+        """With accounts configured, a wrong pair gets Alpaca's 401 from the proxy; a body
+        over 1 MiB gets 413; upstream sees neither."""
+        harness = yield Harness(self).start()
+        status, _, body = yield self.request(harness, b"GET", b"/v2/account",
+                                             {b"APCA-API-SECRET-KEY": [b"wrong"]})
+        self.assertEqual((status, json.loads(body)["code"]), (401, 40110000))
+        status, _, _ = yield self.request(harness, b"POST", b"/v2/orders",
+                                          body=b"x" * ((1 << 20) + 1))
+        self.assertEqual(status, 413)
+        self.assertEqual(harness.rest.requests, [])
+
+    @defer.inlineCallbacks
+    def test_spent_budget_waits_instead_of_earning_429(self):
+        """Upstream allows 3 a window (of 5 s here): two more requests wait for the reset
+        instead of reaching upstream, and are then answered; upstream never answered 429."""
+        harness = yield Harness(self, rest_limit=3, rest_window=5).start()
+        for _ in range(3):
+            status, _, _ = yield self.request(harness, b"GET", b"/v2/clock")
+            self.assertEqual(status, 200)
+        answered = []
+        waiting = [self.request(harness, b"GET", b"/v2/account").addCallback(
+            lambda r: answered.append(r[0]) or r) for _ in range(2)]
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(answered, [])
+        self.assertEqual(len(harness.rest.requests), 3)
+        harness.clock.advance(4)
+        self.assertEqual(answered, [])
+        harness.clock.advance(1.1)  # the window resets upstream
+        results = yield defer.gatherResults(waiting)
+        self.assertEqual([r[0] for r in results], [200, 200])
+        self.assertEqual(len(harness.rest.requests), 5)
+
+    @defer.inlineCallbacks
+    def test_queue_timeout_answers_429_locally(self):
+        """Past --rest-queue-timeout a waiting request gets 429 with Retry-After from the
+        proxy; it never left, so an SDK retrying it is harmless."""
+        harness = yield Harness(self, rest_limit=1, rest_window=60).start()
+        yield self.request(harness, b"GET", b"/v2/clock")
+        waiting = self.request(harness, b"POST", b"/v2/orders", body=b'{"symbol":"AAPL"}')
+        yield deferLater(reactor, 0.2, lambda: None)
+        harness.clock.advance(10)
+        status, headers, body = yield waiting
+        self.assertEqual((status, json.loads(body)["code"]), (429, 42910000))
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"50"])
+        self.assertEqual([r[0] for r in harness.rest.requests], ["GET"])
+
+    @defer.inlineCallbacks
+    def test_unanswered_order_gets_502_and_goes_up_once(self):
+        """An order upstream does not answer in 30 s: 502 saying the outcome is unknown
+        (SDKs retry 504, not 502); a GET gets 504. Nothing is sent twice."""
+        harness = yield Harness(self).start()
+        harness.rest.hold = {"POST", "GET"}
+        order = self.request(harness, b"POST", b"/v2/orders",
+                             body=b'{"symbol":"AAPL","qty":"1","client_order_id":"algo-1"}')
+        read = self.request(harness, b"GET", b"/v2/account")
+        yield deferLater(reactor, 0.2, lambda: None)
+        harness.clock.advance(30)
+        status, _, body = yield order
+        self.assertEqual(status, 502)
+        self.assertIn("outcome of this POST is unknown", json.loads(body)["message"])
+        self.assertEqual((yield read)[0], 504)
+        yield turn()
+        self.assertEqual(sorted(r[0] for r in harness.rest.requests), ["GET", "POST"])
+
+    @defer.inlineCallbacks
+    def test_upstream_429_is_passed_on(self):
+        """A 429 from upstream itself reaches the client as upstream sent it."""
+        harness = yield Harness(self, rest_limit=0).start()
+        status, _, body = yield self.request(harness, b"GET", b"/v2/account")
+        self.assertEqual((status, json.loads(body)["message"]), (429, "rate limit exceeded"))
+
+
+class BudgetTests(SynchronousTestCase):
+    def test_waiters_served_round_robin_between_connections(self):
+        """With one request a window, waiting connections take turns; each in its order."""
+        from twisted.internet.task import Clock
+
+        from alpaca_proxy.rest import Budget
+
+        clock = Clock()
+        budget = Budget(clock, limit=1)
+        granted = []
+        for connection, name in (("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1")):
+            budget.acquire(connection, timeout=600).addCallback(
+                lambda _, name=name: granted.append(name))
+        self.assertEqual(granted, ["a1"])
+        for _ in range(3):
+            clock.advance(60.1)
+        self.assertEqual(granted, ["a1", "a2", "b1", "a3"])
