@@ -256,6 +256,21 @@ class Harness:
                           "message": "authenticated"}], reply
         return client
 
+    def rest_posted(self) -> defer.Deferred:
+        """Fires once the fake REST upstream has received a POST."""
+        from twisted.internet.task import LoopingCall
+
+        seen: defer.Deferred = defer.Deferred()
+
+        def look():
+            if any(method == "POST" for method, *_ in self.rest.requests):
+                poll.stop()
+                seen.callback(None)
+
+        poll = LoopingCall(look)
+        poll.start(0.05)
+        return seen
+
     def polygon_requests(self) -> list:
         """What the proxy sent the Polygon fake (not auth)."""
         return [m for _, m in self.polygon.received if m.get("action") != "auth"]

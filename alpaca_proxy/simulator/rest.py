@@ -34,6 +34,8 @@ class FakeRest(Resource):
         #: Methods whose requests are kept unanswered.
         self.hold: set[str] = set()
         self.held: list[Any] = []
+        #: Requests answered 429 (past the limit).
+        self.rejected = 0
         self._window_start = clock.seconds()
         self._used = 0
         self._ids = itertools.count(1)
@@ -58,6 +60,7 @@ class FakeRest(Resource):
         request.setHeader(b"x-ratelimit-remaining", str(max(0, self.limit - self._used)).encode())
         request.setHeader(b"x-ratelimit-reset", str(int(self._window_start + self.window)).encode())
         if self._used > self.limit:
+            self.rejected += 1
             return self._json(request, 429, {"code": 42910000, "message": "rate limit exceeded"})
         if method in self.hold:
             self.held.append(request)
@@ -67,7 +70,7 @@ class FakeRest(Resource):
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         bare = path.split("?", 1)[0]
         if bare == "/v2/account":
-            return 200, {"id": "acct-1", "account_number": "PA1", "status": "ACTIVE",
+            return 200, {"id": _uuid(0), "account_number": "PA1", "status": "ACTIVE",
                          "currency": "USD", "cash": "100000", "buying_power": "200000",
                          "equity": "100000", "portfolio_value": "100000",
                          "pattern_day_trader": False, "trading_blocked": False}
@@ -76,14 +79,14 @@ class FakeRest(Resource):
                          "next_open": "2024-05-03T09:30:00-04:00",
                          "next_close": "2024-05-02T16:00:00-04:00"}
         if bare == "/v2/assets":
-            return 200, [{"id": "a1", "class": "us_equity", "exchange": "NASDAQ",
+            return 200, [{"id": _uuid(1), "class": "us_equity", "exchange": "NASDAQ",
                           "symbol": "AAPL", "name": "Apple", "status": "active",
                           "tradable": True, "marginable": True, "shortable": True,
                           "easy_to_borrow": True, "fractionable": True}]
         if bare == "/v2/positions":
             return 200, []
         if bare == "/v2/orders" and method == "POST":
-            order = _order(json.loads(body or b"{}"), "o%d" % next(self._ids))
+            order = _order(json.loads(body or b"{}"), _uuid(1000 + next(self._ids)))
             self.orders[order["id"]] = order
             return 200, order
         if bare == "/v2/orders" and method == "GET":
@@ -95,11 +98,13 @@ class FakeRest(Resource):
                                                         "message": "order not found"})
         if bare.startswith("/v2/orders/") and method == "DELETE":
             return 204, None
+        if bare == "/v2/stocks/bars":
+            symbols = path.split("symbols=", 1)[-1].split("&", 1)[0].replace("%2C", ",")
+            return 200, {"next_page_token": None, "bars": {
+                symbol: [_bar()] for symbol in symbols.split(",") if symbol}}
         if bare.startswith("/v2/stocks/") and bare.endswith("/bars"):
             symbol = bare.split("/")[3]
-            return 200, {"symbol": symbol, "next_page_token": None, "bars": [
-                {"t": "2024-05-02T14:00:00Z", "o": 10.0, "h": 11.0, "l": 9.5, "c": 10.5,
-                 "v": 1200, "n": 12, "vw": 10.3}]}
+            return 200, {"symbol": symbol, "next_page_token": None, "bars": [_bar()]}
         return 404, {"code": 40410000, "message": "endpoint not found"}
 
     def _json(self, request: Any, status: int, body: Any) -> bytes:
@@ -110,11 +115,21 @@ class FakeRest(Resource):
         return json.dumps(body).encode()
 
 
+def _uuid(number: int) -> str:
+    """Alpaca's ids are UUIDs (alpaca-py checks)."""
+    return "00000000-0000-4000-8000-%012d" % (number,)
+
+
+def _bar() -> dict:
+    return {"t": "2024-05-02T14:00:00Z", "o": 10.0, "h": 11.0, "l": 9.5, "c": 10.5,
+            "v": 1200, "n": 12, "vw": 10.3}
+
+
 def _order(asked: dict, order_id: str) -> dict:
     return {
         "id": order_id, "client_order_id": asked.get("client_order_id") or order_id,
         "created_at": "2024-05-02T14:03:07.551Z", "updated_at": "2024-05-02T14:03:07.551Z",
-        "submitted_at": "2024-05-02T14:03:07.551Z", "asset_id": "a1",
+        "submitted_at": "2024-05-02T14:03:07.551Z", "asset_id": _uuid(1),
         "symbol": asked.get("symbol"), "asset_class": "us_equity",
         "qty": str(asked.get("qty", "1")), "filled_qty": "0", "order_class": "simple",
         "order_type": asked.get("type", "market"), "type": asked.get("type", "market"),

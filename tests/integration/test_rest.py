@@ -156,3 +156,82 @@ class BudgetTests(SynchronousTestCase):
         for _ in range(3):
             clock.advance(60.1)
         self.assertEqual(granted, ["a1", "a2", "b1", "a3"])
+
+
+class SdkRestTests(TestCase):
+    """Unmodified SDK REST clients with the proxy as their base URL."""
+
+    timeout = 120
+
+    def sdk_client(self, harness, sdk, scenario, python=None):
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests import sdk_env
+
+        return getProcessOutputAndValue(
+            python or sdk_env.python(),
+            [sdk_env.script("rest_client.py"), sdk, "http://127.0.0.1:%d" % (harness.port,),
+             KEY, SECRET, scenario], env={"APCA_RETRY_WAIT": "0"}, reactor=reactor)
+
+    def calls(self, result):
+        out, err, code = result
+        self.assertEqual(code, 0, (out + err).decode()[-3000:])
+        return {line["call"]: line for line in map(json.loads, out.decode().splitlines())}
+
+    def keep_time(self, harness, step=0.5):
+        """Let the proxy's clock follow real time (budget windows) while SDKs run."""
+        from twisted.internet.task import LoopingCall
+
+        ticking = LoopingCall(harness.clock.advance, step)
+        ticking.start(0.1, now=False)
+        self.addCleanup(ticking.stop)
+
+    @defer.inlineCallbacks
+    def test_pylivetrader_and_alpaca_py_calls_at_once_within_one_budget(self):
+        """alpaca-trade-api 1.5 making pylivetrader's calls and alpaca-py making its own,
+        at once on one account whose budget is smaller than both need: every call is
+        answered as upstream answered it, none with 429, and upstream never said 429."""
+        from tests import sdk_env
+
+        harness = yield Harness(self, rest_limit=6, rest_window=2).start()
+        self.keep_time(harness)
+        py, ata = yield defer.gatherResults([
+            self.sdk_client(harness, "alpaca-py", "calls"),
+            self.sdk_client(harness, "alpaca-trade-api", "calls", python=sdk_env.python("ata15"))])
+        py, ata = self.calls(py), self.calls(ata)
+        self.assertEqual({c: r for c, r in py.items() if not r["ok"]}, {})
+        self.assertEqual({c: r["ok"] for c, r in ata.items() if not r["ok"]}, {})
+        self.assertEqual(py["get_account"]["value"], "AccountStatus.ACTIVE")
+        self.assertEqual(py["get_stock_bars"]["value"], "10.5")
+        self.assertEqual(ata["list_assets"]["value"], ["AAPL"])
+        self.assertEqual(ata["get_order_by_client_order_id"]["value"], "AAPL")
+        self.assertEqual(harness.rest.rejected, 0)
+        self.assertGreater(len(harness.rest.requests), 6)
+
+    @defer.inlineCallbacks
+    def test_alpaca_trade_api_3_2(self):
+        """alpaca-trade-api 3.2's REST with base_url at the proxy."""
+        harness = yield Harness(self).start()
+        calls = self.calls((yield self.sdk_client(harness, "alpaca-trade-api", "calls")))
+        self.assertEqual([c for c, r in calls.items() if not r["ok"]], [])
+
+    @defer.inlineCallbacks
+    def check_order_sent_once(self, sdk, python=None):
+        harness = yield Harness(self).start()
+        harness.rest.hold = {"POST"}
+        run = self.sdk_client(harness, sdk, "order", python)
+        yield harness.rest_posted()
+        harness.clock.advance(30)
+        calls = self.calls((yield run))
+        self.assertFalse(calls["submit_order"]["ok"])
+        self.assertIn("outcome", calls["submit_order"]["error"])
+        yield deferLater(reactor, 1.0, lambda: None)  # room for a retry, if one came
+        self.assertEqual([r[0] for r in harness.rest.requests], ["POST"])
+
+    def test_timed_out_order_alpaca_py(self):
+        """alpaca-py: an order Alpaca does not answer gets 502, is not retried, went up once."""
+        return self.check_order_sent_once("alpaca-py")
+
+    def test_timed_out_order_alpaca_trade_api(self):
+        """alpaca-trade-api 3.2: the same (it retries 429 and 504, not 502)."""
+        return self.check_order_sent_once("alpaca-trade-api")
