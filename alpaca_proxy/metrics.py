@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 _SESSION = ["endpoint", "account"]
 
 
 class ProxyCollector(Collector):
-    def __init__(self, pool: Any, clients: Any, stats: Any) -> None:
+    def __init__(self, pool: Any, clients: Any, stats: Any, rest: Any = None) -> None:
         self._pool = pool
         self._clients = clients
         self._stats = stats
+        self._rest = rest
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("alpaca_proxy_upstream_up",
@@ -72,9 +75,36 @@ class ProxyCollector(Collector):
         for status, count in sorted(self._stats.refused.items()):
             refused.add_metric([str(status)], count)
         yield refused
+        if self._rest is not None:
+            yield from self._rest_metrics()
+
+    def _rest_metrics(self) -> Iterator[Any]:
+        from alpaca_proxy.rest import WAIT_BUCKETS
+
+        requests = CounterMetricFamily("alpaca_proxy_rest_requests",
+                                       "REST requests answered, by account and status class",
+                                       labels=["account", "status_class"])
+        for (key, status_class), count in sorted(self._rest.stats.requests.items()):
+            requests.add_metric([key, status_class], count)
+        yield requests
+        yield GaugeMetricFamily("alpaca_proxy_rest_waiting",
+                                "REST requests waiting for their account's rate budget",
+                                value=self._rest.waiting)
+        stats = self._rest.stats
+        buckets = [(str(bound), count) for bound, count in zip(WAIT_BUCKETS, stats.wait_buckets)]
+        buckets.append(("+Inf", stats.wait_buckets[-1]))
+        yield HistogramMetricFamily("alpaca_proxy_rest_wait_seconds",
+                                    "Time REST requests waited for the rate budget",
+                                    buckets=buckets, sum_value=stats.wait_sum)
+        left = GaugeMetricFamily("alpaca_proxy_rest_budget_remaining",
+                                 "Requests left in the account's current window",
+                                 labels=["account", "host"])
+        for budget in self._rest.snapshot()["budgets"]:
+            left.add_metric([budget["account"], budget["host"]], budget["remaining"])
+        yield left
 
 
-def registry_for(pool: Any, clients: Any, stats: Any) -> CollectorRegistry:
+def registry_for(pool: Any, clients: Any, stats: Any, rest: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(pool, clients, stats))
+    registry.register(ProxyCollector(pool, clients, stats, rest))
     return registry

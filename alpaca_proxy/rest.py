@@ -21,7 +21,7 @@ proxy, so an SDK's own retry of it is harmless.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from io import BytesIO
 from typing import Any
 
@@ -58,6 +58,31 @@ def is_data_path(path: str) -> bool:
     return path.startswith(("/v2/stocks", "/v1beta1/", "/v1beta2/", "/v1beta3/"))
 
 
+#: Upper bounds (seconds) of the wait-time histogram's buckets.
+WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RestStats:
+    """REST requests by account and status class, and how long they waited for budget."""
+
+    def __init__(self) -> None:
+        #: (key id, "2xx" …) -> requests answered
+        self.requests: Counter = Counter()
+        #: cumulative counts per bucket of WAIT_BUCKETS, then all; and the sum of waits
+        self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
+        self.wait_sum = 0.0
+
+    def answered(self, key: str, status: int) -> None:
+        self.requests[(short(key, 40) or "-", "%dxx" % (status // 100,))] += 1
+
+    def waited(self, seconds: float) -> None:
+        self.wait_sum += seconds
+        for index, bound in enumerate(WAIT_BUCKETS):
+            if seconds <= bound:
+                self.wait_buckets[index] += 1
+        self.wait_buckets[-1] += 1
+
+
 @define
 class _Waiter:
     deferred: Deferred
@@ -91,7 +116,7 @@ class Budget:
         if self.remaining > 0 and not self._queues:
             self.remaining -= 1
             return succeed(None)
-        deferred: Deferred = Deferred()
+        deferred: Deferred = Deferred(lambda _: self._forget(connection, waiter))
         waiter = _Waiter(deferred, None)
         waiter.timer = self.clock.callLater(timeout, self._expire, connection, waiter)
         self._queues.setdefault(connection, deque()).append(waiter)
@@ -145,12 +170,18 @@ class Budget:
             self._wakeup = self.clock.callLater(delay, self._schedule)
 
     def _expire(self, connection: Any, waiter: _Waiter) -> None:
+        self._forget(connection, waiter)
+        waiter.deferred.errback(TimeoutError("rate budget spent"))
+
+    def _forget(self, connection: Any, waiter: _Waiter) -> None:
+        """A waiter gone (timed out, or its client left): out of the queue."""
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
         queue = self._queues.get(connection)
         if queue is not None and waiter in queue:
             queue.remove(waiter)
             if not queue:
                 del self._queues[connection]
-        waiter.deferred.errback(TimeoutError("rate budget spent"))
 
 
 class RestForwarder:
@@ -173,6 +204,9 @@ class RestForwarder:
         self._agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust_root),
                             pool=pool, connectTimeout=5)
         self._budgets: OrderedDict[tuple[str, str], Budget] = OrderedDict()
+        #: (pair fingerprint, method, URL) of GETs in flight -> requests sharing the answer.
+        self._inflight: dict[tuple[str, bytes, str], list[Any]] = {}
+        self.stats = RestStats()
 
     def close(self) -> Deferred:
         """Close the kept-alive connections to Alpaca (the proxy is stopping)."""
@@ -189,11 +223,28 @@ class RestForwarder:
     def waiting(self) -> int:
         return sum(budget.waiting for budget in self._budgets.values())
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the status page and /metrics show: budgets, waiting, answers by class."""
+        now = self._clock.seconds()
+        requests: dict[str, dict[str, int]] = {}
+        for (key, status_class), count in sorted(self.stats.requests.items()):
+            requests.setdefault(key, {})[status_class] = count
+        return {
+            "waiting": self.waiting,
+            "budgets": [{"account": key, "host": host, "limit": budget.limit,
+                         "remaining": max(0, budget.remaining),
+                         "reset_in": round(max(0.0, budget.reset_at - now), 1),
+                         "waiting": budget.waiting}
+                        for (key, host), budget in self._budgets.items()],
+            "requests": requests,
+        }
+
     def render(self, request: Any) -> Any:
+        arrived = self._clock.seconds()
         path = request.uri.decode("latin-1")
         base = self._data_url if is_data_path(request.path.decode("latin-1")) else self._trading_url
         if base is None:
-            return self._answer(request, 503, {"message": (
+            return self._local(request, "", 503, {"message": (
                 "Alpaca's REST APIs are not simulated: run without --simulate, or give"
                 " --trading-rest-url and --data-rest-url")})
         base = base.rstrip("/")
@@ -203,31 +254,51 @@ class RestForwarder:
         if accounts is not None:
             configured = accounts.get(key)
             if configured is None or not configured.matches(Credentials(key, secret)):
-                return self._answer(request, 401, {"code": 40110000,
-                                                   "message": "request is not authorized"})
+                return self._local(request, key, 401, {"code": 40110000,
+                                                       "message": "request is not authorized"})
         body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
         if len(body) > MAX_BODY:
-            return self._answer(request, 413, {"message": "request body over 1 MiB"})
+            return self._local(request, key, 413, {"message": "request body over 1 MiB"})
+        url = base + path
+        # Identical GETs of one pair in flight at once go up once; all get the answer.
+        same = (Credentials(key, secret).fingerprint, request.method, url)
+        if request.method == b"GET" and same in self._inflight:
+            followers = self._inflight[same]
+            followers.append(request)
+            request.notifyFinish().addErrback(
+                lambda _: request in followers and followers.remove(request))
+            return NOT_DONE_YET
         if self.waiting >= MAX_WAITING:
-            return self._too_many(request, None)
+            return self._too_many(request, key, None)
+        if request.method == b"GET":
+            self._inflight[same] = []
         budget = self.budget(key, base)
         waited = budget.acquire(request.channel, self._queue_timeout)
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: waited.cancel() if not waited.called else None)
+        # A client that leaves while waiting frees its place (unless others share it).
+        request.notifyFinish().addErrback(
+            lambda _: None if self._inflight.get(same) else waited.cancel())
 
         def go(_: Any) -> Deferred:
-            return self._forward(request, base + path, body, budget)
+            self.stats.waited(self._clock.seconds() - arrived)
+            return self._forward(request, url, body, budget)
 
-        def spent(failure: Any) -> None:
+        def deliver(outcome: Any) -> None:
+            for each in [request] + self._inflight.pop(same, []):
+                self._deliver(each, key, outcome)
+
+        def spent(failure: Any) -> Any:
             if failure.check(TimeoutError):
-                self._too_many(request, budget)
-            elif not failure.check(CancelledError):
+                return ("local", 429, {"code": 42910000, "message": "rate limit exceeded"},
+                        {b"retry-after": str(budget.retry_after()).encode()})
+            if not failure.check(CancelledError):
                 self._log.failure("REST {path}", failure, path=short(path))
+            return ("local", 500, {"message": "internal error"}, {})
 
-        waited.addCallbacks(go, spent)
+        waited.addCallbacks(go, spent).addCallback(deliver)
         return NOT_DONE_YET
 
     def _forward(self, request: Any, url: str, body: bytes, budget: Budget) -> Deferred:
+        """Send the request up once; fires with its outcome (never fails)."""
         headers = Headers()
         connection = {token.strip().lower() for value in
                       request.requestHeaders.getRawHeaders(b"connection", [])
@@ -248,58 +319,63 @@ class RestForwarder:
 
         def answered(response: Any) -> Deferred:
             budget.learn(response.headers)
-            return readBody(response).addCallback(lambda data: (response, data))
+            return readBody(response).addCallback(lambda data: (
+                "upstream", response.code, response.phrase,
+                list(response.headers.getAllRawHeaders()), data))
 
-        def relay(result: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            response, data = result
-            if request.finished or request._disconnected:
-                return
-            request.setResponseCode(response.code, response.phrase)
-            for name, values in response.headers.getAllRawHeaders():
-                if name.lower() not in HOP_BY_HOP:
-                    request.responseHeaders.setRawHeaders(name, values)
-            request.write(data)
-            request.finish()
-
-        def failed(failure: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if request.finished or request._disconnected:
-                return
+        def failed(failure: Any) -> Any:
             safe = method in SAFE_METHODS
             if timed_out:
                 if safe:
-                    self._answer(request, 504, {"message": "Alpaca did not answer within %ss"
-                                                           % (self._timeout,)})
-                else:
-                    self._answer(request, 502, {"message": (
-                        "Alpaca did not answer within %ss: the outcome of this %s is unknown;"
-                        " look the order up (GET /v2/orders:by_client_order_id) before sending"
-                        " it again" % (self._timeout, method.decode("latin-1")))})
-            elif failure.check(ConnectError, DNSLookupError):
-                self._answer(request, 502, {"message": "Alpaca unreachable (%s); the request"
-                                                       " was not sent" % (failure.getErrorMessage(),)})
-            else:
-                self._answer(request, 502, {"message": (
-                    "the connection to Alpaca failed (%s); the outcome is unknown%s"
-                    % (failure.getErrorMessage(), "" if safe else ": look the order up before"
-                       " sending it again"))})
+                    return ("local", 504, {"message": "Alpaca did not answer within %ss"
+                                                      % (self._timeout,)}, {})
+                return ("local", 502, {"message": (
+                    "Alpaca did not answer within %ss: the outcome of this %s is unknown;"
+                    " look the order up (GET /v2/orders:by_client_order_id) before sending"
+                    " it again" % (self._timeout, method.decode("latin-1")))}, {})
+            if failure.check(ConnectError, DNSLookupError):
+                return ("local", 502, {"message": "Alpaca unreachable (%s); the request was"
+                                                  " not sent" % (failure.getErrorMessage(),)}, {})
+            return ("local", 502, {"message": (
+                "the connection to Alpaca failed (%s); the outcome is unknown%s"
+                % (failure.getErrorMessage(), "" if safe else ": look the order up before"
+                   " sending it again"))}, {})
 
-        return sending.addCallback(answered).addCallbacks(relay, failed)
+        def stop_timer(outcome: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return outcome
 
-    def _too_many(self, request: Any, budget: Budget | None) -> None:
+        return sending.addCallback(answered).addErrback(failed).addBoth(stop_timer)
+
+    def _deliver(self, request: Any, key: str, outcome: Any) -> None:
+        """Write an outcome (upstream's answer, or the proxy's own) to one client."""
         if request.finished or request._disconnected:
             return
-        request.setHeader(b"retry-after", str(budget.retry_after() if budget else 1).encode())
-        self._answer(request, 429, {"code": 42910000, "message": "rate limit exceeded"})
+        if outcome[0] == "local":
+            _, status, body, headers = outcome
+            for name, value in headers.items():
+                request.setHeader(name, value)
+            self._local(request, key, status, body)
+            return
+        _, status, phrase, headers, data = outcome
+        self.stats.answered(key, status)
+        request.setResponseCode(status, phrase)
+        for name, values in headers:
+            if name.lower() not in HOP_BY_HOP:
+                request.responseHeaders.setRawHeaders(name, values)
+        request.write(data)
+        request.finish()
 
-    def _answer(self, request: Any, status: int, body: dict) -> bytes:
+    def _too_many(self, request: Any, key: str, budget: Budget | None) -> Any:
+        request.setHeader(b"retry-after", str(budget.retry_after() if budget else 1).encode())
+        return self._local(request, key, 429, {"code": 42910000, "message": "rate limit exceeded"})
+
+    def _local(self, request: Any, key: str, status: int, body: dict) -> Any:
         """A local answer (never forwarded) in Alpaca's JSON error shape."""
-        payload = to_json(body)
+        self.stats.answered(key, status)
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        request.write(payload)
+        request.write(to_json(body))
         request.finish()
         return NOT_DONE_YET

@@ -50,7 +50,8 @@ class StreamsResource(Resource):
         self._data = WebSocketResource(data)
         self._trading = WebSocketResource(trading)
         self._polygon = WebSocketResource(polygon)
-        self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats))
+        self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats,
+                                                     rest))
 
     def render(self, request: Any) -> bytes:
         host = request.getHeader(b"host")
@@ -105,6 +106,7 @@ class StreamsResource(Resource):
             proxy = self._proxy
             body = snapshot(proxy.pool, proxy.clients, proxy.stats, proxy.clock.seconds(),
                             simulated=proxy.simulated)
+            body["rest"] = self._rest.snapshot() if self._rest is not None else None
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return to_json(body)

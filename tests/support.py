@@ -298,7 +298,7 @@ class Harness:
         yield self.polygon_port.stopListening()
         if self.rest is not None:
             yield self.site.rest.close()
-            for held in self.rest.held:
+            for held, *_ in self.rest.held:
                 if held.transport is not None:
                     held.transport.abortConnection()
             yield self.rest_port.stopListening()

@@ -63,9 +63,16 @@ class FakeRest(Resource):
             self.rejected += 1
             return self._json(request, 429, {"code": 42910000, "message": "rate limit exceeded"})
         if method in self.hold:
-            self.held.append(request)
+            self.held.append((request, method, path, body))
             return NOT_DONE_YET
         return self._json(request, *self._route(method, path, body))
+
+    def release(self) -> None:
+        """Answer every held request now, as if upstream had been slow."""
+        held, self.held = self.held, []
+        for request, method, path, body in held:
+            request.write(self._json(request, *self._route(method, path, body)))
+            request.finish()
 
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         bare = path.split("?", 1)[0]

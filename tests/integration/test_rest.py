@@ -87,8 +87,8 @@ class RestTests(TestCase):
             status, _, _ = yield self.request(harness, b"GET", b"/v2/clock")
             self.assertEqual(status, 200)
         answered = []
-        waiting = [self.request(harness, b"GET", b"/v2/account").addCallback(
-            lambda r: answered.append(r[0]) or r) for _ in range(2)]
+        waiting = [self.request(harness, b"GET", path).addCallback(
+            lambda r: answered.append(r[0]) or r) for path in (b"/v2/account", b"/v2/positions")]
         yield deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(answered, [])
         self.assertEqual(len(harness.rest.requests), 3)
@@ -98,6 +98,25 @@ class RestTests(TestCase):
         results = yield defer.gatherResults(waiting)
         self.assertEqual([r[0] for r in results], [200, 200])
         self.assertEqual(len(harness.rest.requests), 5)
+
+    @defer.inlineCallbacks
+    def test_identical_gets_in_flight_go_up_once(self):
+        """Three clients asking the same account for /v2/account at once: one request
+        upstream, three identical answers; another pair's request is its own."""
+        harness = yield Harness(self, accounts={KEY: SECRET, "PKOTHER": "other-secret"},
+                                configured=False).start()
+        harness.rest.hold = {"GET"}
+        same = [self.request(harness, b"GET", b"/v2/account") for _ in range(3)]
+        other = self.request(harness, b"GET", b"/v2/account", {
+            b"APCA-API-KEY-ID": [b"PKOTHER"], b"APCA-API-SECRET-KEY": [b"other-secret"]})
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(harness.rest.requests), 2)
+        harness.rest.release()
+        answers = yield defer.gatherResults(same + [other])
+        self.assertEqual({(status, body) for status, _, body in answers[:3]},
+                         {(200, answers[0][2])})
+        self.assertEqual(answers[3][0], 200)
+        self.assertEqual(len(harness.rest.requests), 2)
 
     @defer.inlineCallbacks
     def test_queue_timeout_answers_429_locally(self):
@@ -235,3 +254,24 @@ class SdkRestTests(TestCase):
     def test_timed_out_order_alpaca_trade_api(self):
         """alpaca-trade-api 3.2: the same (it retries 429 and 504, not 502)."""
         return self.check_order_sent_once("alpaca-trade-api")
+
+    @defer.inlineCallbacks
+    def test_js_sdk_3_rest_with_base_url(self):
+        """The JS SDK 3.x's REST calls with baseUrl at the proxy (getAccount was a 426)."""
+        import os
+        import shutil
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests import sdk_env
+
+        modules = sdk_env.node_modules()
+        node = shutil.which("node")
+        self.assertIsNotNone(node, "node is not installed")
+        harness = yield Harness(self).start()
+        out, err, code = yield getProcessOutputAndValue(
+            node, [sdk_env.js_script("rest_client.js"), "http://127.0.0.1:%d" % harness.port,
+                   KEY, SECRET],
+            env={"NODE_PATH": modules, "PATH": os.environ.get("PATH", "")}, reactor=reactor)
+        self.assertEqual(code, 0, (out + err).decode()[-2000:])
+        self.assertEqual(json.loads(out), {"status": "ACTIVE", "is_open": True})
