@@ -53,6 +53,7 @@ ENVIRONMENT = {
     "rest-rate": "ALPACA_PROXY_REST_RATE",
     "rest-queue-timeout": "ALPACA_PROXY_REST_QUEUE_TIMEOUT",
     "rest-timeout": "ALPACA_PROXY_REST_TIMEOUT",
+    "rest-cache-ms": "ALPACA_PROXY_REST_CACHE_MS",
 }
 
 #: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
@@ -95,6 +96,10 @@ class Options(usage.Options):
         ["rest-timeout", None, 30.0,
          "Seconds to wait for Alpaca's REST answer: then 504 for GET/HEAD, 502 (outcome"
          " unknown) for anything else; never retried [env ALPACA_PROXY_REST_TIMEOUT]."],
+        ["rest-cache-ms", None, 0.0,
+         "Milliseconds GET /v2/account, /v2/clock and /v2/positions answers are reused per key"
+         " pair; emptied by the account's trade updates; 0 off"
+         " [env ALPACA_PROXY_REST_CACHE_MS]."],
         ["feed", None, "iex",
          "Stock feed served at / [env ALPACA_PROXY_FEED; IS_PRO=true means sip]."],
         ["linger", None, 30.0,
@@ -220,7 +225,8 @@ class Options(usage.Options):
                               ("health-grace", 0.0), ("max-clients-per-address", 0),
                               ("max-upstreams", 0), ("client-ping-interval", 0.0),
                               ("client-ping-timeout", 1.0), ("rest-rate", 1),
-                              ("rest-queue-timeout", 0.0), ("rest-timeout", 0.1)):
+                              ("rest-queue-timeout", 0.0), ("rest-timeout", 0.1),
+                              ("rest-cache-ms", 0.0)):
             self[name] = _number(self._source(name), self[name], minimum)
         for name in ("client-buffer", "max-clients", "max-symbols", "max-request-symbols",
                      "max-clients-per-address", "max-upstreams", "rest-rate"):

@@ -51,6 +51,10 @@ SAFE_METHODS = frozenset({b"GET", b"HEAD"})
 MAX_BUDGETS = 256
 #: Requests waiting for budget at most, over all accounts (then 429 at once).
 MAX_WAITING = 1000
+#: GETs answered from the short cache (``--rest-cache-ms``), emptied by trade updates.
+CACHEABLE = frozenset({"/v2/account", "/v2/clock", "/v2/positions"})
+#: Cached answers kept at most.
+MAX_CACHED = 256
 
 
 def is_data_path(path: str) -> bool:
@@ -191,7 +195,7 @@ class RestForwarder:
 
     def __init__(self, proxy: Any, reactor: Any, data_url: str | None,
                  trading_url: str | None, rate: int = 200, queue_timeout: float = 10.0,
-                 timeout: float = 30.0, trust_root: Any = None) -> None:
+                 timeout: float = 30.0, trust_root: Any = None, cache_ms: float = 0.0) -> None:
         self._proxy = proxy
         self._clock = proxy.clock
         self._data_url = data_url
@@ -206,6 +210,9 @@ class RestForwarder:
         self._budgets: OrderedDict[tuple[str, str], Budget] = OrderedDict()
         #: (pair fingerprint, method, URL) of GETs in flight -> requests sharing the answer.
         self._inflight: dict[tuple[str, bytes, str], list[Any]] = {}
+        self._cache_seconds = cache_ms / 1000.0
+        #: (key id, pair fingerprint, URL) -> (fresh until, the answer)
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, Any]] = OrderedDict()
         self.stats = RestStats()
 
     def close(self) -> Deferred:
@@ -222,6 +229,11 @@ class RestForwarder:
     @property
     def waiting(self) -> int:
         return sum(budget.waiting for budget in self._budgets.values())
+
+    def forget_account(self, key: str) -> None:
+        """A trade update for this account: its cached answers are stale now."""
+        for entry in [entry for entry in self._cache if entry[0] == key]:
+            del self._cache[entry]
 
     def snapshot(self) -> dict[str, Any]:
         """What the status page and /metrics show: budgets, waiting, answers by class."""
@@ -260,8 +272,16 @@ class RestForwarder:
         if len(body) > MAX_BODY:
             return self._local(request, key, 413, {"message": "request body over 1 MiB"})
         url = base + path
+        fingerprint = Credentials(key, secret).fingerprint
+        cacheable = (self._cache_seconds and request.method == b"GET"
+                     and request.path.decode("latin-1") in CACHEABLE)
+        if cacheable:
+            cached = self._cache.get((key, fingerprint, url))
+            if cached is not None and cached[0] > self._clock.seconds():
+                self._deliver(request, key, cached[1])
+                return NOT_DONE_YET
         # Identical GETs of one pair in flight at once go up once; all get the answer.
-        same = (Credentials(key, secret).fingerprint, request.method, url)
+        same = (fingerprint, request.method, url)
         if request.method == b"GET" and same in self._inflight:
             followers = self._inflight[same]
             followers.append(request)
@@ -283,6 +303,11 @@ class RestForwarder:
             return self._forward(request, url, body, budget)
 
         def deliver(outcome: Any) -> None:
+            if cacheable and outcome[0] == "upstream" and outcome[1] == 200:
+                self._cache[(key, fingerprint, url)] = (
+                    self._clock.seconds() + self._cache_seconds, outcome)
+                while len(self._cache) > MAX_CACHED:
+                    self._cache.popitem(last=False)
             for each in [request] + self._inflight.pop(same, []):
                 self._deliver(each, key, outcome)
 

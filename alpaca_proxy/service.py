@@ -72,6 +72,7 @@ class Settings:
     rest_rate: int = 200
     rest_queue_timeout: float = 10.0
     rest_timeout: float = 30.0
+    rest_cache_ms: float = 0.0
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
@@ -104,7 +105,7 @@ class Settings:
             data_rest_url=rest and options["data-rest-url"] or None,
             trading_rest_url=rest and options["trading-rest-url"] or None,
             rest_rate=options["rest-rate"], rest_queue_timeout=options["rest-queue-timeout"],
-            rest_timeout=options["rest-timeout"],
+            rest_timeout=options["rest-timeout"], rest_cache_ms=options["rest-cache-ms"],
         )
 
 
@@ -141,7 +142,9 @@ def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
                   access_log=settings.access_log, simulated=settings.simulated)
     rest = RestForwarder(proxy, reactor, settings.data_rest_url, settings.trading_rest_url,
                          rate=settings.rest_rate, queue_timeout=settings.rest_queue_timeout,
-                         timeout=settings.rest_timeout, trust_root=settings.trust_root)
+                         timeout=settings.rest_timeout, trust_root=settings.trust_root,
+                         cache_ms=settings.rest_cache_ms)
+    pool.on_trade_update = rest.forget_account
     site = StreamSite(proxy, data=ClientFactory(proxy, AlpacaDataProtocol),
                       trading=ClientFactory(proxy, TradingProtocol),
                       polygon=ClientFactory(proxy, PolygonProtocol), rest=rest)

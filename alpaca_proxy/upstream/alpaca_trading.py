@@ -75,6 +75,8 @@ class TradingSession(Session):
         super().__init__(stream, credentials, clock)
         #: client -> the streams it listens to
         self.listeners: dict[Any, tuple[str, ...]] = {}
+        #: Told the account's key id on every event (the REST cache empties itself).
+        self.on_event: Any = None
 
     @property
     def clients(self) -> list[Any]:
@@ -100,6 +102,8 @@ class TradingSession(Session):
         """One event to every listener: upstream's own bytes, or MessagePack once."""
         self.bytes_in += len(payload)
         self.incoming.add(1, self.clock.seconds())
+        if self.on_event is not None:
+            self.on_event(self.credentials.key)
         listening = [client for client, streams in self.listeners.items() if stream in streams]
         messages, size = fanout.broadcast(listening, message, payload, binary)
         self.messages_out += messages

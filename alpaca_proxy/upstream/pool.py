@@ -78,6 +78,7 @@ class UpstreamPool(MultiService):
         polygon_url: Callable[[], str] | None = None,
         polygon_accounts: Mapping[str, Credentials] | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        on_trade_update: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -96,6 +97,8 @@ class UpstreamPool(MultiService):
         self._trust_root = trust_root
         self._sessions: dict[tuple[str, str], Session] = {}
         self._max_sessions = max_sessions
+        #: Called with an account's key id on each of its trade updates.
+        self.on_trade_update = on_trade_update
         self._retirements: dict[Session, Any] = {}
         #: (key, path) -> (credentials refused, code, until when); oldest first.
         self._refusals: dict[tuple[str, str], tuple[Credentials, int, float]] = {}
@@ -216,6 +219,7 @@ class UpstreamPool(MultiService):
         session: Session
         if stream.kind == TRADING:
             session = TradingSession(stream, credentials, self._clock)
+            session.on_event = self.on_trade_update
             link_class, options, base = TradingLink, {}, self._trading_url()
         elif stream.kind == POLYGON:
             dialect = polygon.DIALECTS[stream.path.lstrip("/")]

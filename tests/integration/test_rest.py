@@ -119,6 +119,28 @@ class RestTests(TestCase):
         self.assertEqual(len(harness.rest.requests), 2)
 
     @defer.inlineCallbacks
+    def test_short_cache_emptied_by_a_trade_update(self):
+        """With --rest-cache-ms, a second GET /v2/account is answered from the cache; a
+        trade update of the account (its trading stream held by the proxy) empties it."""
+        harness = yield Harness(self, rest_settings={"rest_cache_ms": 5000}).start()
+        trading = yield harness.connect(path="/stream")
+        trading.send({"action": "auth", "key": KEY, "secret": SECRET})
+        yield trading.next()
+        trading.send({"action": "listen", "data": {"streams": ["trade_updates"]}})
+        yield trading.next()
+        yield harness.upstream.when(lambda: any(c.listening for c in harness.upstream.connections))
+        for _ in range(2):
+            self.assertEqual((yield self.request(harness, b"GET", b"/v2/account"))[0], 200)
+        self.assertEqual(len(harness.rest.requests), 1)
+        harness.upstream.trade_update({"event": "fill", "order": {"symbol": "AAPL"}})
+        yield trading.next()
+        yield self.request(harness, b"GET", b"/v2/account")
+        self.assertEqual(len(harness.rest.requests), 2)
+        harness.clock.advance(5.1)
+        yield self.request(harness, b"GET", b"/v2/account")
+        self.assertEqual(len(harness.rest.requests), 3)
+
+    @defer.inlineCallbacks
     def test_queue_timeout_answers_429_locally(self):
         """Past --rest-queue-timeout a waiting request gets 429 with Retry-After from the
         proxy; it never left, so an SDK retrying it is harmless."""

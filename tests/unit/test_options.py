@@ -45,6 +45,7 @@ DEFAULTS = {
     "rest-queue-timeout": 10.0,
     "rest-timeout": 30.0,
     "rest-explicit": False,
+    "rest-cache-ms": 0.0,
     "max-symbols": 20000,
     "max-request-symbols": 10000,
     "max-rate": 50.0,
