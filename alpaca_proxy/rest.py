@@ -39,7 +39,8 @@ from alpaca_proxy.codec import to_json
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.logs import short
 
-#: Largest request body forwarded (an order is a few hundred bytes).
+#: Largest request body forwarded (an order is a few hundred bytes); web.py refuses
+#: bigger ones while they arrive.
 MAX_BODY = 1 << 20
 #: Hop-by-hop headers: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",

@@ -19,7 +19,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from alpaca_proxy import streams
 from alpaca_proxy.codec import to_json
@@ -140,6 +140,43 @@ class StreamsResource(Resource):
         return to_json({"streams": list(state)})
 
 
+#: Largest request body accepted (an order is a few hundred bytes); see rest.py.
+MAX_BODY = 1 << 20
+_TOO_LARGE = (b'{"message":"request body over 1 MiB"}')
+
+
+class _BoundedRequest(Request):
+    """A request whose body may not pass MAX_BODY: refused (413) as soon as it does,
+    before twisted.web buffers the rest to memory or disk."""
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: Any) -> None:
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY or self._refused:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        transport = self.channel.transport
+        transport.pauseProducing()  # read no more of it
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+                        b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(_TOO_LARGE), _TOO_LARGE))
+        transport.loseConnection()
+
+
 class _Channel(HTTPChannel):
     """An HTTP connection that must send its request head within a deadline."""
 
@@ -180,7 +217,8 @@ class StreamSite(Site):
     def __init__(self, proxy: Any, data: Any, trading: Any, polygon: Any,
                  rest: Any = None) -> None:
         super().__init__(StreamsResource(proxy, data, trading, polygon, rest),
-                         timeout=IDLE_TIMEOUT, reactor=proxy.clock)
+                         requestFactory=_BoundedRequest, timeout=IDLE_TIMEOUT,
+                         reactor=proxy.clock)
         self.proxy = proxy
         #: The REST forwarder (its kept-alive connections close with the listener).
         self.rest = rest

@@ -213,3 +213,38 @@ class CredentialsTests(SynchronousTestCase):
         a, b = Credentials("K", "secret-one"), Credentials("K", "secret-two")
         self.assertNotEqual(a.fingerprint, b.fingerprint)
         self.assertNotIn("secret", a.fingerprint)
+
+
+class HttpBodyTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.site = build(Settings(data_url=lambda: "ws://upstream.test",
+                                   trading_url=lambda: "ws://upstream.test",
+                                   polygon_url=lambda: "ws://upstream.test"),
+                          reactor=None, clock=self.clock).site
+
+    def connect(self):
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_declared_big_body_refused_before_it_arrives(self):
+        """Content-Length over 1 MiB: 413 at once, and the connection stops being read."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /v2/orders HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Content-Length: 999999999\r\n\r\n" + b"x" * 1000)
+        self.assertIn(b"413 Payload Too Large", transport.value())
+        self.assertEqual(transport.producerState, "paused")
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_body_refused_once_past_the_limit(self):
+        """A chunked body is refused as soon as it passes 1 MiB, not buffered whole."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /v2/orders HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        for _ in range(17):
+            channel.dataReceived(chunk)
+        self.assertIn(b"413 Payload Too Large", transport.value())
+        self.assertTrue(transport.disconnecting)
