@@ -238,7 +238,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(problem).replace("--listen", source, 1)) from None
         self["polygon-url"] = POLYGON_CLUSTERS.get(self["polygon-url"], self["polygon-url"])
         for name in ("data-url", "trading-url", "polygon-url"):
-            self[name] = _check_url(name, self[name])
+            self[name] = _check_url(self._source(name), self[name])
         #: REST bases given explicitly (with --simulate, REST goes only where it is told).
         self["rest-explicit"] = bool(self["trading-rest-url"]) or (
             "data-rest-url" in self._from_environment or
@@ -246,7 +246,7 @@ class Options(usage.Options):
         if not self["trading-rest-url"]:
             self["trading-rest-url"] = _https(self["trading-url"])
         for name in ("data-rest-url", "trading-rest-url"):
-            self[name] = _check_http_url(self._source(name), self[name])
+            self[name] = _check_url(self._source(name), self[name], ("http", "https"))
         if not re.fullmatch(r"[a-z_]+", self["feed"]):
             raise usage.UsageError("--feed: not a feed name: %r" % (self["feed"],))
         accounts: dict[str, Credentials] = {}
@@ -312,23 +312,15 @@ def _https(stream_url: str) -> str:
     return re.sub(r"^ws(s?)://", r"http\1://", stream_url)
 
 
-def _check_http_url(source: str, value: str) -> str:
+def _check_url(source: str, value: str, schemes: tuple[str, str] = ("ws", "wss")) -> str:
+    """A URL with one of two schemes and a host, without its trailing slash."""
     try:
         url = URL.from_text(value)
     except Exception:
         raise usage.UsageError("%s: not a URL: %r" % (source, value)) from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise usage.UsageError("%s: must be an http:// or https:// URL, got %r" % (source, value))
-    return value.rstrip("/")
-
-
-def _check_url(name: str, value: str) -> str:
-    try:
-        url = URL.from_text(value)
-    except Exception:
-        raise usage.UsageError("--%s: not a URL: %r" % (name, value)) from None
-    if url.scheme not in ("ws", "wss") or not url.host:
-        raise usage.UsageError("--%s: must be a ws:// or wss:// URL, got %r" % (name, value))
+    if url.scheme not in schemes or not url.host:
+        raise usage.UsageError("%s: must be a %s:// or %s:// URL, got %r"
+                               % ((source,) + schemes + (value,)))
     return value.rstrip("/")
 
 

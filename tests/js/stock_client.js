@@ -5,17 +5,7 @@
 const Alpaca = require("@alpacahq/alpaca-trade-api");
 
 const [url, keyId, secretKey, symbol, countText] = process.argv.slice(2);
-const count = parseInt(countText, 10);
-let received = 0;
-
-function report(kind, sym, value, time) {
-  received += 1;
-  const moment = time instanceof Date ? time.toISOString() : String(time);
-  console.log(JSON.stringify({ kind, symbol: sym, value, time: moment }));
-  if (received >= count) process.exit(0);
-}
-
-setTimeout(() => process.exit(3), 60000);
+const report = require("./report")(parseInt(countText, 10));
 const alpaca = new Alpaca({ keyId, secretKey, paper: true, feed: "iex", dataStreamUrl: url });
 const stream = alpaca.data_stream_v2;
 stream.onConnect(() => {

@@ -4,17 +4,7 @@
 const { Alpaca } = require("@alpacahq/alpaca-trade-api");
 
 const [url, keyId, secret, symbol, countText] = process.argv.slice(2);
-const count = parseInt(countText, 10);
-let received = 0;
-
-function report(kind, sym, value, time) {
-  received += 1;
-  const moment = time instanceof Date ? time.toISOString() : String(time);
-  console.log(JSON.stringify({ kind, symbol: sym, value, time: moment }));
-  if (received >= count) process.exit(0);
-}
-
-setTimeout(() => process.exit(3), 60000);
+const report = require("./report")(parseInt(countText, 10));
 const alpaca = new Alpaca({ keyId, secret, paper: true });
 const stream = alpaca.marketData.stockStream({ feed: "iex", url });
 stream.onConnect(() => {

@@ -161,7 +161,9 @@ class PacingTests(IosimProxy, SynchronousTestCase):
         self.assertEqual(len(self.link.changes), 40)
 
 
-class HttpDeadlineTests(SynchronousTestCase):
+class SiteOverStrings:
+    """Mixin: the proxy's site, its connections over StringTransport, on a Clock."""
+
     def setUp(self):
         self.clock = Clock()
         built = build(Settings(data_url=lambda: "ws://upstream.test",
@@ -175,6 +177,9 @@ class HttpDeadlineTests(SynchronousTestCase):
         transport = StringTransport()
         channel.makeConnection(transport)
         return channel, transport
+
+
+class HttpDeadlineTests(SiteOverStrings, SynchronousTestCase):
 
     def test_slow_request_head_is_cut_off(self):
         """A byte now and then does not keep a connection: the head has 10 s from accept."""
@@ -215,20 +220,7 @@ class CredentialsTests(SynchronousTestCase):
         self.assertNotIn("secret", a.fingerprint)
 
 
-class HttpBodyTests(SynchronousTestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.site = build(Settings(data_url=lambda: "ws://upstream.test",
-                                   trading_url=lambda: "ws://upstream.test",
-                                   polygon_url=lambda: "ws://upstream.test"),
-                          reactor=None, clock=self.clock).site
-
-    def connect(self):
-        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        return channel, transport
-
+class HttpBodyTests(SiteOverStrings, SynchronousTestCase):
     def test_declared_big_body_refused_before_it_arrives(self):
         """Content-Length over 1 MiB: 413 at once, and the connection stops being read."""
         channel, transport = self.connect()
