@@ -39,6 +39,9 @@ MAX_BACKLOG = 64
 MAX_CLIENT_MESSAGE = 16 << 20
 #: Largest message before the client has authenticated (an auth message is ~100 bytes).
 MAX_UNAUTHENTICATED_MESSAGE = 16 << 10
+#: Largest message while its credentials are being checked (a client authenticating by
+#: headers may subscribe at once: ~20,000 symbols fit).
+MAX_PENDING_MESSAGE = 256 << 10
 #: Frames one message may come in (Python SDKs send 32 KiB fragments: 512 for 16 MiB).
 MAX_FRAGMENTS = 1024
 #: What a queued pong is charged against the client's buffer: a small frame costs
@@ -286,6 +289,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def _authenticate(self, credentials) -> None:
         self._authenticating = True
+        self.maxMessagePayloadSize = max(self.maxMessagePayloadSize, MAX_PENDING_MESSAGE)
         verdict = self._verdict = self.factory.proxy.pool.authenticate(self.stream, credentials)
         verdict.addCallbacks(self._authenticated, self._auth_failed)
         verdict.addErrback(lambda f: self._log.failure("auth of {peer}", f, peer=self.peer_name))
@@ -326,6 +330,7 @@ class ClientProtocol(WebSocketServerProtocol):
     def _refuse_auth(self, code: int, detail: str = "") -> None:
         self._refusal = None
         self._authenticating = False
+        self.maxMessagePayloadSize = MAX_UNAUTHENTICATED_MESSAGE
         if not self._sendable:
             return
         self.factory.proxy.notes.warn("auth-refused", "client {peer} on {path}: auth refused"

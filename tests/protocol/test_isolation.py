@@ -63,6 +63,32 @@ class ClientBoundsTests(IosimProxy, SynchronousTestCase):
         self.flush()
         self.assertEqual(client.close_code, 1009)
 
+    def test_subscribe_while_the_verdict_is_pending(self):
+        """Credentials presented, verdict pending: a 100 KB subscribe waits for it (up to
+        256 KiB may), and is answered once the client is accepted."""
+        from twisted.internet.defer import Deferred
+
+        verdict = Deferred()
+        self.proxy.pool.authenticate = lambda stream, credentials: verdict
+        self.proxy.limits = Limits(symbols_per_request=20000, symbols_per_client=20000,
+                                   ping_interval=0)
+        client = self.connect()
+        client.send({"action": "auth", "key": PAIR.key, "secret": PAIR.secret})
+        client.send({"action": "subscribe", "bars": ["S%05d" % n for n in range(15000)]})
+        self.flush()
+        self.assertIsNone(client.close_code)
+        verdict.callback(self.session)
+        self.flush()
+        for _ in range(100):  # upstream acknowledges each chunk as the session sends it
+            if not self.session.router.waiting:
+                break
+            self.clock.advance(0.1)
+            self.session.acked(set(self.session.router.wanted))
+            self.flush()
+        frames = client.take()
+        self.assertEqual(frames[1], [{"T": "success", "msg": "authenticated"}])
+        self.assertEqual(len(frames[2][0]["bars"]), 15000)
+
     def test_unfinished_message_before_auth_is_bounded(self):
         """Fragments of a message before auth count towards the same 16 KiB."""
         client = self.connect()
