@@ -204,10 +204,18 @@ class RestForwarder:
         self._rate = rate
         self._queue_timeout = queue_timeout
         self._timeout = timeout
+        tls = BrowserLikePolicyForHTTPS(trust_root)
+        # Reads reuse connections, closed after 20 s idle (before Alpaca's side would,
+        # so a request rarely meets a connection the server already dropped).
         self._pool = pool = HTTPConnectionPool(reactor)
         pool.retryAutomatically = False  # never a request twice, not even a GET
-        self._agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust_root),
-                            pool=pool, connectTimeout=5)
+        pool.cachedConnectionTimeout = 20
+        self._agent = Agent(reactor, contextFactory=tls, pool=pool, connectTimeout=5)
+        # Anything that can change something (an order) goes on a fresh connection: a
+        # stale one would leave its outcome unknown for no reason.
+        fresh = HTTPConnectionPool(reactor, persistent=False)
+        fresh.retryAutomatically = False
+        self._fresh_agent = Agent(reactor, contextFactory=tls, pool=fresh, connectTimeout=5)
         self._budgets: OrderedDict[tuple[str, str], Budget] = OrderedDict()
         #: (pair fingerprint, method, URL) of GETs in flight -> requests sharing the answer.
         self._inflight: dict[tuple[str, bytes, str], list[Any]] = {}
@@ -333,8 +341,9 @@ class RestForwarder:
             if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
                 headers.setRawHeaders(name, values)
         method = request.method
-        sending = self._agent.request(method, url.encode("latin-1"), headers,
-                                      FileBodyProducer(BytesIO(body)) if body else None)
+        agent = self._agent if method in SAFE_METHODS else self._fresh_agent
+        sending = agent.request(method, url.encode("latin-1"), headers,
+                                FileBodyProducer(BytesIO(body)) if body else None)
         timed_out = []
 
         def give_up() -> None:
