@@ -52,6 +52,9 @@ SAFE_METHODS = frozenset({b"GET", b"HEAD"})
 MAX_BUDGETS = 256
 #: Requests waiting for budget at most, over all accounts (then 429 at once).
 MAX_WAITING = 1000
+#: Requests on their way to Alpaca at once, over all accounts (then 429 at once): each
+#: holds a connection upstream.
+MAX_IN_FLIGHT = 256
 #: GETs answered from the short cache (``--rest-cache-ms``), emptied by trade updates.
 CACHEABLE = frozenset({"/v2/account", "/v2/clock", "/v2/positions"})
 #: Cached answers kept at most.
@@ -223,6 +226,8 @@ class RestForwarder:
         #: (key id, pair fingerprint, URL) -> (fresh until, the answer)
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Any]] = OrderedDict()
         self.stats = RestStats()
+        #: Requests sent to Alpaca and not answered yet.
+        self.in_flight = 0
 
     def close(self) -> Deferred:
         """Close the kept-alive connections to Alpaca (the proxy is stopping)."""
@@ -297,7 +302,7 @@ class RestForwarder:
             request.notifyFinish().addErrback(
                 lambda _: request in followers and followers.remove(request))
             return NOT_DONE_YET
-        if self.waiting >= MAX_WAITING:
+        if self.waiting >= MAX_WAITING or self.in_flight >= MAX_IN_FLIGHT:
             return self._too_many(request, key, None)
         if request.method == b"GET":
             self._inflight[same] = []
@@ -341,6 +346,10 @@ class RestForwarder:
             if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
                 headers.setRawHeaders(name, values)
         method = request.method
+        if self.in_flight >= MAX_IN_FLIGHT:  # filled up while this one waited for budget
+            return succeed(("local", 429, {"code": 42910000, "message": "rate limit exceeded"},
+                            {b"retry-after": b"1"}))
+        self.in_flight += 1
         agent = self._agent if method in SAFE_METHODS else self._fresh_agent
         sending = agent.request(method, url.encode("latin-1"), headers,
                                 FileBodyProducer(BytesIO(body)) if body else None)
@@ -377,6 +386,7 @@ class RestForwarder:
                    " sending it again"))}, {})
 
         def stop_timer(outcome: Any) -> Any:
+            self.in_flight -= 1
             if timer.active():
                 timer.cancel()
             return outcome

@@ -173,6 +173,23 @@ class RestTests(TestCase):
         self.assertEqual(sorted(r[0] for r in harness.rest.requests), ["GET", "POST"])
 
     @defer.inlineCallbacks
+    def test_requests_in_flight_are_bounded(self):
+        """Past the cap on requests on their way to Alpaca, another gets 429 at once (it
+        never left, so a retry is harmless)."""
+        from alpaca_proxy import rest
+
+        self.patch(rest, "MAX_IN_FLIGHT", 1)
+        harness = yield Harness(self).start()
+        harness.rest.hold = {"GET"}
+        first = self.request(harness, b"GET", b"/v2/account")
+        yield deferLater(reactor, 0.2, lambda: None)
+        status, _, _ = yield self.request(harness, b"GET", b"/v2/clock")
+        self.assertEqual(status, 429)
+        harness.rest.release()
+        self.assertEqual((yield first)[0], 200)
+        self.assertEqual(len(harness.rest.requests), 1)
+
+    @defer.inlineCallbacks
     def test_upstream_429_is_passed_on(self):
         """A 429 from upstream itself reaches the client as upstream sent it."""
         harness = yield Harness(self, rest_limit=0).start()
