@@ -138,6 +138,19 @@ class ClientBoundsTests(IosimProxy, SynchronousTestCase):
         self.assertNotIn(deaf.server, self.proxy.clients)
         self.assertIn(polite.server, self.proxy.clients)
 
+    def test_clients_per_address_bounded(self):
+        """Past --max-clients-per-address, another upgrade from that address gets 503;
+        when one leaves, a new one may come."""
+        self.build(Limits(clients_per_address=2, ping_interval=0))
+        first, _ = self.login(), self.login()
+        third = self.connect()
+        self.assertEqual(third.close_code, 1006)  # refused at the handshake
+        self.assertEqual(self.proxy.stats.refused[503], 1)
+        first.sendClose()
+        self.flush()
+        self.login()
+        self.assertEqual(self.proxy.addresses["127.0.0.1"], 2)
+
     def login_as(self, protocol):
         original = Client
         try:

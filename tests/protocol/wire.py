@@ -97,7 +97,10 @@ class IosimProxy:
         use_clock(client_factory, self.clock)
         client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8765))
         server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        pump = iosim.connect(server, iosim.makeFakeServer(server),
+        # The server side sees the client's address, as over TCP (per-address limits).
+        server_transport = iosim.FakeTransport(
+            server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        pump = iosim.connect(server, server_transport,
                              client, iosim.makeFakeClient(client), greet=False)
         pump.flush()
         self.pumps.append(pump)
