@@ -124,7 +124,8 @@ class Options(usage.Options):
          "Clients connected at once; more get HTTP 503; 0 no limit"
          " [env ALPACA_PROXY_MAX_CLIENTS]."],
         ["max-clients-per-address", None, 256,
-         "Clients connected at once from one IP address; more get HTTP 503; 0 no limit"
+         "Clients connected at once from one remote IP address (loopback: --max-clients"
+         " only); more get HTTP 503; 0 no limit"
          " [env ALPACA_PROXY_MAX_CLIENTS_PER_ADDRESS]."],
         ["max-upstreams", None, 64,
          "Upstream connections (an account on one stream each) open at once; a client"

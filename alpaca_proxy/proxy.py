@@ -24,7 +24,7 @@ MAX_FAILING_ADDRESSES = 1024
 #: Failed authentications from one address are forgotten this long after the last.
 FAILURE_MEMORY = 60.0
 #: Failures in a row an address may have before its answers are slowed down.
-FREE_FAILURES = 5
+FREE_FAILURES = 10
 
 
 @frozen
@@ -122,8 +122,8 @@ class Proxy:
     def auth_failed(self, address: str) -> float:
         """Count a failed authentication from an address; the seconds its answer waits.
 
-        Guessing is slowed per address: past a few failures in a row, each answer
-        waits 50 ms, doubling per failure, at most 5 s.  A right pair is never
+        Guessing is slowed per address: past ten failures in a row, each answer
+        waits 50 ms, doubling per failure, at most 2 s.  A right pair is never
         delayed, so nobody is locked out.
         """
         now = self.clock.seconds()
@@ -136,7 +136,7 @@ class Proxy:
             del self._failures[next(iter(self._failures))]
         if count <= FREE_FAILURES:
             return 0.0
-        return min(5.0, 0.05 * 2 ** (count - FREE_FAILURES - 1))
+        return min(2.0, 0.05 * 2 ** (count - FREE_FAILURES - 1))
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every client's websocket (e.g. 1001 when the proxy stops)."""

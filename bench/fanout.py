@@ -244,6 +244,7 @@ def start_proxy(upstream_port: int) -> tuple[subprocess.Popen, int]:
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
          "--pidfile=", "alpaca-proxy", "--listen", "tcp:%d:interface=127.0.0.1" % port,
          "--data-url", "ws://127.0.0.1:%d" % upstream_port, "--max-symbols", "1000000",
+         "--max-clients", "0",
          "--max-request-symbols", "1000000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})

@@ -31,7 +31,7 @@ def main() -> None:
     port = free_port()
     proxy = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-         "--pidfile=", "alpaca-proxy", "--simulate", "--listen",
+         "--pidfile=", "alpaca-proxy", "--simulate", "--max-clients", "0", "--listen",
          "tcp:%d:interface=127.0.0.1:backlog=1024" % port],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2)

@@ -188,6 +188,7 @@ def soak(args):
         "-n", "--pidfile=", "alpaca-proxy", "--listen",
         "tcp:%d:interface=127.0.0.1" % proxy_port,
         "--data-url", "ws://127.0.0.1:%d" % upstream_port.getHost().port, "--linger", "5",
+        "--max-clients", "0",
     ], env=env)
     yield deferLater(reactor, 2, lambda: None)
     started = time.time()

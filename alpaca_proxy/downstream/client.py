@@ -67,6 +67,10 @@ class _AutobahnLog:
         return getattr(self._log, name)
 
 
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
+
+
 @implementer(IPushProducer)
 class _Backpressure:
     """Told by the transport when a client stops reading; counts what piles up since.
@@ -168,7 +172,9 @@ class ClientProtocol(WebSocketServerProtocol):
                                    " connected, the limit (--max-clients)",
                                    count=len(proxy.clients))
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many clients")
-        if (limits.clients_per_address
+        # Per address, for remote peers: every local algorithm shares the loopback
+        # address, and --max-clients bounds those.
+        if (limits.clients_per_address and not _is_loopback(self.peer_host)
                 and proxy.addresses[self.peer_host] >= limits.clients_per_address):
             self._refuse_handshake(503, "address-limit", "refusing {peer}: {count} clients"
                                    " connected from its address, the limit"

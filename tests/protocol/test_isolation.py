@@ -139,8 +139,11 @@ class ClientBoundsTests(IosimProxy, SynchronousTestCase):
         self.assertIn(polite.server, self.proxy.clients)
 
     def test_clients_per_address_bounded(self):
-        """Past --max-clients-per-address, another upgrade from that address gets 503;
-        when one leaves, a new one may come."""
+        """Past --max-clients-per-address, another upgrade from a remote address gets 503;
+        when one leaves, a new one may come. (Loopback peers are bounded by --max-clients.)"""
+        import tests.protocol.wire as wire
+
+        self.patch(wire, "PEER", "10.1.2.3")
         self.build(Limits(clients_per_address=2, ping_interval=0))
         first, _ = self.login(), self.login()
         third = self.connect()
@@ -149,7 +152,7 @@ class ClientBoundsTests(IosimProxy, SynchronousTestCase):
         first.sendClose()
         self.flush()
         self.login()
-        self.assertEqual(self.proxy.addresses["127.0.0.1"], 2)
+        self.assertEqual(self.proxy.addresses["10.1.2.3"], 2)
 
     def login_as(self, protocol):
         original = Client

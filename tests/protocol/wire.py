@@ -21,6 +21,8 @@ from alpaca_proxy.timers import use_clock
 from alpaca_proxy.upstream.session import DataSession
 
 PAIR = Credentials("PKIOSIM", "s3cr3t-iosim")
+#: The address clients connect from (tests may pretend to be remote).
+PEER = "127.0.0.1"
 
 
 class ScriptedLink:
@@ -99,7 +101,7 @@ class IosimProxy:
         server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         # The server side sees the client's address, as over TCP (per-address limits).
         server_transport = iosim.FakeTransport(
-            server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+            server, isServer=True, peerAddress=IPv4Address("TCP", PEER, 40000))
         pump = iosim.connect(server, server_transport,
                              client, iosim.makeFakeClient(client), greet=False)
         pump.flush()
