@@ -76,12 +76,19 @@ class RestStats:
     def __init__(self) -> None:
         #: (key id, "2xx" …) -> requests answered
         self.requests: Counter = Counter()
+        self._accounts: set[str] = set()
         #: cumulative counts per bucket of WAIT_BUCKETS, then all; and the sum of waits
         self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
         self.wait_sum = 0.0
 
     def answered(self, key: str, status: int) -> None:
-        self.requests[(short(key, 40) or "-", "%dxx" % (status // 100,))] += 1
+        """Count an answer; key ids are the client's word, so at most MAX_BUDGETS of them
+        are named (the rest count as "other": memory and /metrics labels stay bounded)."""
+        account = short(key, 40) or "-"
+        if (account not in self._accounts and len(self._accounts) >= MAX_BUDGETS):
+            account = "other"
+        self._accounts.add(account)
+        self.requests[(account, "%dxx" % (status // 100,))] += 1
 
     def waited(self, seconds: float) -> None:
         self.wait_sum += seconds
@@ -280,7 +287,8 @@ class RestForwarder:
         if accounts is not None:
             configured = accounts.get(key)
             if configured is None or not configured.matches(Credentials(key, secret)):
-                return self._local(request, key, 401, {"code": 40110000,
+                # Not an account of ours: counted under "-", never by the claimed key id.
+                return self._local(request, "", 401, {"code": 40110000,
                                                        "message": "request is not authorized"})
         body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
         if len(body) > MAX_BODY:

@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 from alpaca_proxy import streams
 from alpaca_proxy.codec import to_json
 from alpaca_proxy.logs import short
+from alpaca_proxy.rest import MAX_BODY
 from alpaca_proxy.metrics import registry_for
 from alpaca_proxy.status import healthy, snapshot, unhealthy_reasons
 
@@ -140,8 +141,6 @@ class StreamsResource(Resource):
         return to_json({"streams": list(state)})
 
 
-#: Largest request body accepted (an order is a few hundred bytes); see rest.py.
-MAX_BODY = 1 << 20
 _TOO_LARGE = (b'{"message":"request body over 1 MiB"}')
 
 

@@ -123,10 +123,6 @@ class Session:
         self._down_waiters.append(waiter)
         return waiter
 
-    def close(self) -> Deferred:
-        """Close the upstream connection with a close handshake; fires when it is gone."""
-        return self.link.close() if self.link is not None else succeed(None)
-
     # -- ILinkReceiver -----------------------------------------------------------
 
     def link_connected(self) -> None:
