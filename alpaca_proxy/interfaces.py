@@ -25,6 +25,11 @@ class IClient(Interface):
     def send_prepared(prepared):
         """Send a prepared data frame (or cut the client off if it stopped reading)."""
 
+    def drained():
+        """A Deferred that fires once the client's connection takes writes again
+        (at once if it does, or once the client is gone): a replay at speed 0 waits
+        for its slowest reader this way instead of filling its buffer."""
+
     def acknowledge(state):
         """The client's oldest request is done: its whole state is now ``state``."""
 

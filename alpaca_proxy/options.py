@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from typing import Mapping
 
 from hyperlink import URL
@@ -20,6 +21,7 @@ from alpaca_proxy import __version__
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.polygon import credentials_for
 from alpaca_proxy.net import load_ca_bundle
+from alpaca_proxy.recording.catalog import Catalog, NotARecording
 
 #: option name -> environment variable
 ENVIRONMENT = {
@@ -54,6 +56,20 @@ ENVIRONMENT = {
     "rest-queue-timeout": "ALPACA_PROXY_REST_QUEUE_TIMEOUT",
     "rest-timeout": "ALPACA_PROXY_REST_TIMEOUT",
     "rest-cache-ms": "ALPACA_PROXY_REST_CACHE_MS",
+    "record": "ALPACA_PROXY_RECORD",
+    "replay": "ALPACA_PROXY_REPLAY",
+    "replay-speed": "ALPACA_PROXY_REPLAY_SPEED",
+    "replay-from": "ALPACA_PROXY_REPLAY_FROM",
+    "replay-to": "ALPACA_PROXY_REPLAY_TO",
+}
+#: flag name -> environment variable (true, yes, 1 or on sets it)
+FLAG_ENVIRONMENT = {
+    "simulate": "ALPACA_PROXY_SIMULATE",
+    "use-polygon": "USE_POLYGON",
+    "access-log": "ALPACA_PROXY_ACCESS_LOG",
+    "record-trading": "ALPACA_PROXY_RECORD_TRADING",
+    "replay-loop": "ALPACA_PROXY_REPLAY_LOOP",
+    "replay-shift": "ALPACA_PROXY_REPLAY_SHIFT",
 }
 
 #: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
@@ -165,6 +181,20 @@ class Options(usage.Options):
         ["credentials-file", None, None,
          "File of accounts, one KEY:SECRET per line, in addition to APCA_API_KEY_ID/"
          "APCA_API_SECRET_KEY [env ALPACA_PROXY_CREDENTIALS_FILE]."],
+        ["record", None, None,
+         "Directory to record every market-data frame to, as received, one compressed file"
+         " per endpoint per UTC day [env ALPACA_PROXY_RECORD]."],
+        ["replay", None, None,
+         "A recording (a file or a directory) to serve instead of Alpaca; paths it does"
+         " not hold get 404 [env ALPACA_PROXY_REPLAY]."],
+        ["replay-speed", None, 1.0,
+         "With --replay: 1 the recorded pace, 10 ten times faster, 0 as fast as the"
+         " slowest subscribed client reads [env ALPACA_PROXY_REPLAY_SPEED]."],
+        ["replay-from", None, None,
+         "With --replay: start at this time (RFC 3339, e.g. 2026-12-01T14:30:00Z)"
+         " [env ALPACA_PROXY_REPLAY_FROM]."],
+        ["replay-to", None, None,
+         "With --replay: stop before this time (RFC 3339) [env ALPACA_PROXY_REPLAY_TO]."],
     ]
 
     optFlags = [
@@ -176,6 +206,14 @@ class Options(usage.Options):
         ["use-polygon", None,
          "Serve Polygon/Massive's protocol at / (its stocks cluster) instead of Alpaca's;"
          " /{market} paths are served either way [env USE_POLYGON=true]."],
+        ["record-trading", None,
+         "With --record: record the trading stream too (it carries account data)"
+         " [env ALPACA_PROXY_RECORD_TRADING=true]."],
+        ["replay-loop", None,
+         "With --replay: start over at the end [env ALPACA_PROXY_REPLAY_LOOP=true]."],
+        ["replay-shift", None,
+         "With --replay: move message timestamps so the recording seems to happen now"
+         " [env ALPACA_PROXY_REPLAY_SHIFT=true]."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -191,12 +229,10 @@ class Options(usage.Options):
         if self._environ.get("IS_PRO", "").strip().lower() in _TRUE and not self._environ.get(
                 ENVIRONMENT["feed"]):
             self["feed"] = "sip"
-        if self._environ.get("ALPACA_PROXY_SIMULATE", "").strip().lower() in _TRUE:
-            self["simulate"] = 1
-        if self._environ.get("USE_POLYGON", "").strip().lower() in _TRUE:
-            self["use-polygon"] = 1
-        if self._environ.get("ALPACA_PROXY_ACCESS_LOG", "").strip().lower() in _TRUE:
-            self["access-log"] = 1
+        for name, variable in FLAG_ENVIRONMENT.items():
+            if self._environ.get(variable, "").strip().lower() in _TRUE:
+                self[name] = 1
+                self._from_environment[name] = variable
 
     def parseOptions(self, options=None) -> None:
         """Parse, turning any usage error into one line on stderr and exit status 1.
@@ -270,12 +306,71 @@ class Options(usage.Options):
         if _loopback_only(self["listen"]):
             self["hosts"] = frozenset(h.strip().lower() for h in self["allow-host"].split(",")
                                       if h.strip())
+        self._recording_options()
         self["trust-root"] = None
         if self["ca-bundle"]:
             try:
                 self["trust-root"] = load_ca_bundle(self["ca-bundle"])
             except (OSError, ValueError) as problem:
                 raise usage.UsageError("--ca-bundle: %s" % (problem,)) from None
+
+
+    def _recording_options(self) -> None:
+        """--record and --replay: checked, the recording opened (its first blocks read)."""
+        self["replay-speed"] = _number(self._source("replay-speed"), self["replay-speed"], 0.0)
+        if self["record"] and self["replay"]:
+            raise usage.UsageError("%s and %s: a replay has no upstream to record; give one"
+                                   % (self._source("record"), self._source("replay")))
+        if self["replay"] and self["simulate"]:
+            raise usage.UsageError("%s and %s both choose what stands in for Alpaca; give one"
+                                   % (self._source("replay"), self._source("simulate")))
+        if not self["replay"]:
+            for name in ("replay-from", "replay-to", "replay-loop", "replay-shift"):
+                if self[name]:
+                    raise usage.UsageError("%s needs --replay" % (self._source(name),))
+            if self._source("replay-speed") != "--replay-speed" or self["replay-speed"] != 1:
+                raise usage.UsageError("%s needs --replay" % (self._source("replay-speed"),))
+        if self["record-trading"] and not self["record"]:
+            raise usage.UsageError("%s needs --record" % (self._source("record-trading"),))
+        if self["record"]:
+            self["record"] = _recording_directory(self._source("record"), self["record"])
+        for name in ("replay-from", "replay-to"):
+            if self[name]:
+                self[name] = _instant(self._source(name), self[name])
+        if self["replay-from"] and self["replay-to"] and self["replay-to"] <= self["replay-from"]:
+            raise usage.UsageError("%s must come after %s" % (self._source("replay-to"),
+                                                              self._source("replay-from")))
+        self["replay-catalog"] = None
+        if self["replay"]:
+            try:
+                self["replay-catalog"] = Catalog.open(self["replay"])
+            except NotARecording as problem:
+                raise usage.UsageError("%s: %s" % (self._source("replay"), problem)) from None
+
+
+def _recording_directory(source: str, path: str) -> str:
+    """The directory to record to, made if missing; it must take new files."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as problem:
+        raise usage.UsageError("%s: cannot create %s: %s"
+                               % (source, path, problem.strerror)) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise usage.UsageError("%s: cannot write to %s" % (source, path))
+    return path
+
+
+def _instant(source: str, text: str) -> int:
+    """An RFC 3339 time (with its offset, or Z) as nanoseconds since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise usage.UsageError("%s: not an RFC 3339 time with an offset (e.g."
+                               " 2026-12-01T14:30:00Z): %r" % (source, text))
+    whole = int(moment.timestamp())
+    return whole * 1_000_000_000 + moment.microsecond * 1000
 
 
 def _number(source: str, value: object, minimum: float) -> float:

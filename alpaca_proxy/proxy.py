@@ -75,6 +75,10 @@ class Proxy:
     access_log: bool = False
     #: Upstream is the built-in simulator (the page says so).
     simulated: bool = False
+    #: Records upstream frames (``recording.recorder.Recorder``), or None.
+    recorder: Any = None
+    #: Plays a recording instead of upstream (``recording.player.Player``), or None.
+    replay: Any = None
     #: Every connected client (``interfaces.IClient``), for limits, pages and shutdown.
     clients: set = field(factory=set)
     #: Connected clients per IP address.

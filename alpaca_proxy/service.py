@@ -26,6 +26,9 @@ from alpaca_proxy.downstream.client import ClientFactory
 from alpaca_proxy.downstream.polygon import PolygonProtocol
 from alpaca_proxy.options import Options
 from alpaca_proxy.proxy import DEFAULT_HEALTH_GRACE, Limits, Proxy
+from alpaca_proxy.recording.player import Player
+from alpaca_proxy.recording.recorder import Recorder
+from alpaca_proxy.recording.worker import SerialWorker
 from alpaca_proxy.rest import RestForwarder
 from alpaca_proxy.simulator.service import SimulatorService
 from alpaca_proxy.upstream.link import Liveness
@@ -73,13 +76,24 @@ class Settings:
     rest_queue_timeout: float = 10.0
     rest_timeout: float = 30.0
     rest_cache_ms: float = 0.0
+    #: Directory every market-data frame is recorded to (None: no recording).
+    record: str | None = None
+    record_trading: bool = False
+    #: The recording served instead of upstream (``recording.catalog.Catalog``), or None.
+    replay: Any = None
+    replay_speed: float = 1.0
+    replay_from: int | None = None
+    replay_to: int | None = None
+    replay_loop: bool = False
+    replay_shift: bool = False
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
                      trading_url: Callable[[], str],
                      polygon_url: Callable[[], str]) -> "Settings":
-        # The simulated market has no REST: only explicitly given REST URLs are used.
-        rest = not options["simulate"] or options["rest-explicit"]
+        # Neither the simulated market nor a replay has REST: only explicitly given
+        # REST URLs are used.
+        rest = not (options["simulate"] or options["replay"]) or options["rest-explicit"]
         return cls(
             data_url=data_url, trading_url=trading_url, polygon_url=polygon_url,
             accounts=options["accounts"], polygon_accounts=options["polygon-accounts"],
@@ -106,6 +120,10 @@ class Settings:
             trading_rest_url=rest and options["trading-rest-url"] or None,
             rest_rate=options["rest-rate"], rest_queue_timeout=options["rest-queue-timeout"],
             rest_timeout=options["rest-timeout"], rest_cache_ms=options["rest-cache-ms"],
+            record=options["record"] or None, record_trading=bool(options["record-trading"]),
+            replay=options["replay-catalog"], replay_speed=options["replay-speed"],
+            replay_from=options["replay-from"] or None, replay_to=options["replay-to"] or None,
+            replay_loop=bool(options["replay-loop"]), replay_shift=bool(options["replay-shift"]),
         )
 
 
@@ -120,26 +138,51 @@ class Built:
     def pool(self) -> UpstreamPool:
         return self.proxy.pool
 
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.proxy.recorder
 
-def build(settings: Settings, reactor: Any, clock: Any = None) -> Built:
+    @property
+    def player(self) -> Player | None:
+        return self.proxy.replay
+
+    def services(self) -> list[Service]:
+        """What runs, in start order (they stop in reverse: the pool before the recorder)."""
+        return [s for s in (self.recorder, self.player, self.pool) if s is not None]
+
+
+def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None) -> Built:
     """The pool, the shared ``Proxy`` state, the client factories and the site.
 
     ``reactor`` makes connections; ``clock`` runs timers (the reactor unless a
-    test gives a ``Clock``).  Nothing is started: the caller owns the pool's
-    service and the listening port.
+    test gives a ``Clock``); ``disk`` runs the recorder's and the player's file
+    work (a thread of their own each unless a test gives a worker).  Nothing is
+    started: the caller starts ``Built.services()`` and listens.
     """
     clock = reactor if clock is None else clock
+    recorder = player = None
+    if settings.record:
+        recorder = Recorder(settings.record, clock,
+                            disk or SerialWorker(reactor, "alpaca-proxy-recorder"),
+                            record_trading=settings.record_trading)
+    if settings.replay is not None:
+        player = Player(settings.replay, clock,
+                        disk or SerialWorker(reactor, "alpaca-proxy-replay"),
+                        speed=settings.replay_speed, start_ns=settings.replay_from,
+                        end_ns=settings.replay_to, loop=settings.replay_loop,
+                        shift=settings.replay_shift)
     pool = UpstreamPool(reactor, settings.data_url, accounts=settings.accounts,
                         trading_url=settings.trading_url, linger=settings.linger, clock=clock,
                         liveness=settings.liveness, trust_root=settings.trust_root,
                         polygon_url=settings.polygon_url,
                         polygon_accounts=settings.polygon_accounts,
-                        max_sessions=settings.max_upstreams)
+                        max_sessions=settings.max_upstreams, recorder=recorder, player=player)
     proxy = Proxy(clock=clock, pool=pool, limits=settings.limits,
                   default_feed=settings.default_feed, polygon_root=settings.polygon_root,
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
                   health_grace=settings.health_grace, hosts=settings.hosts,
-                  access_log=settings.access_log, simulated=settings.simulated)
+                  access_log=settings.access_log, simulated=settings.simulated,
+                  recorder=recorder, replay=player)
     rest = RestForwarder(proxy, reactor, settings.data_rest_url, settings.trading_rest_url,
                          rate=settings.rest_rate, queue_timeout=settings.rest_queue_timeout,
                          timeout=settings.rest_timeout, trust_root=settings.trust_root,
@@ -199,8 +242,12 @@ class ListenerService(StreamServerEndpointService):
             host = "[%s]" % (host,)
         base = "%s:%d" % (host, address.port)
         ws, http = ("wss", "https") if self._tls else ("ws", "http")
+        announced = ANNOUNCED_STREAMS
+        replay = self.factory.proxy.replay
+        if replay is not None:  # only what the recording holds is served
+            announced = tuple(("replay", path, "") for path in sorted(replay.endpoints))
         lines = ["  %-13s %s://%s%s%s" % (name, ws, base, path, "   (%s)" % note if note else "")
-                 for name, path, note in ANNOUNCED_STREAMS]
+                 for name, path, note in announced]
         self._log.info("alpaca-proxy {version} listening on {base}\n  status page   {page}\n"
                        "{streams}", version=__version__, base=base,
                        page="%s://%s/" % (http, base), streams="\n".join(lines))
@@ -263,6 +310,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         urls = (lambda: options["data-url"], lambda: options["trading-url"],
                 lambda: options["polygon-url"])
     built = build(Settings.from_options(options, *urls), reactor)
+    if built.recorder is not None:
+        built.recorder.setName("recorder")
+        built.recorder.setServiceParent(top)  # before the pool: it stops after it
+    if built.player is not None:
+        built.player.setName("replay")
+        built.player.setServiceParent(top)
     built.pool.setName("upstreams")
     built.pool.setServiceParent(top)
     listener = ListenerService(serverFromString(reactor, options["listen"]), built.site,

@@ -80,6 +80,8 @@ class StreamsResource(Resource):
         if resource is None:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            if self._proxy.replay is not None:
+                return b"no such stream in the recording being replayed\n"
             return b"no such stream\n"
         if not upgrade:
             request.setResponseCode(426)
@@ -89,13 +91,18 @@ class StreamsResource(Resource):
         return resource.render(request)
 
     def _resource_for(self, path: str) -> Any:
-        """The websocket resource serving a path, or None."""
-        if streams.resolve_trading(path) is not None:
-            return self._trading
-        if streams.resolve_polygon(path, self._proxy.polygon_root) is not None:
-            return self._polygon
-        if streams.resolve(path, self._proxy.default_feed) is not None:
-            return self._data
+        """The websocket resource serving a path, or None (a replay serves only the
+        endpoints its recording holds)."""
+        for resolve, resource in (
+                (streams.resolve_trading, self._trading),
+                (lambda p: streams.resolve_polygon(p, self._proxy.polygon_root), self._polygon),
+                (lambda p: streams.resolve(p, self._proxy.default_feed), self._data)):
+            stream = resolve(path)
+            if stream is not None:
+                replay = self._proxy.replay
+                if replay is not None and stream.path not in replay.endpoints:
+                    return None
+                return resource
         return None
 
     def _page(self, path: str, request: Any) -> bytes | None:
@@ -108,6 +115,9 @@ class StreamsResource(Resource):
             body = snapshot(proxy.pool, proxy.clients, proxy.stats, proxy.clock.seconds(),
                             simulated=proxy.simulated)
             body["rest"] = self._rest.snapshot() if self._rest is not None else None
+            body["replay"] = proxy.replay.snapshot() if proxy.replay is not None else None
+            body["recording"] = (proxy.recorder.snapshot() if proxy.recorder is not None
+                                 else None)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return to_json(body)

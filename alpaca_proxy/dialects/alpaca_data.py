@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+import msgpack
 from attrs import frozen
 
 from alpaca_proxy.credentials import Credentials
@@ -226,3 +227,18 @@ def _symbols(value: Any) -> tuple[str, ...]:
 DIALECTS: Mapping[str, AlpacaDataDialect] = {
     kind: AlpacaDataDialect(kind) for kind in (STOCKS, CRYPTO, OPTIONS, NEWS)
 }
+
+
+def shifted(message: dict[str, Any], nanoseconds: int) -> dict[str, Any]:
+    """A copy with every timestamp moved by ``nanoseconds`` (for ``--replay-shift``).
+
+    Upstream speaks MessagePack, so times are timestamp extensions: ``t`` on
+    market data, ``created_at``/``updated_at`` on news, ``ft`` on perps pricing.
+    Key order is kept (the Go SDK wants ``T`` first).
+    """
+    return {key: _moved(value, nanoseconds) if isinstance(value, msgpack.Timestamp) else value
+            for key, value in message.items()}
+
+
+def _moved(stamp: msgpack.Timestamp, nanoseconds: int) -> msgpack.Timestamp:
+    return msgpack.Timestamp.from_unix_nano(max(0, stamp.to_unix_nano() + nanoseconds))

@@ -9,6 +9,7 @@ of streams; only ``trade_updates`` exists.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from attrs import frozen
@@ -80,3 +81,32 @@ def auth_request(credentials: Credentials) -> dict[str, Any]:
 
 def listen_request(streams: tuple[str, ...] = STREAMS) -> dict[str, Any]:
     return {"action": "listen", "data": {"streams": list(streams)}}
+
+
+def shifted(message: dict[str, Any], nanoseconds: int) -> dict[str, Any]:
+    """A ``trade_updates`` event with its times moved by ``nanoseconds``: the event's
+    ``timestamp`` and the order's ``*_at`` fields (RFC 3339 text)."""
+    data = message.get("data")
+    if not isinstance(data, dict):
+        return message
+    moved = {key: _moved_text(value, nanoseconds) if key == "timestamp" else value
+             for key, value in data.items()}
+    order = data.get("order")
+    if isinstance(order, dict):
+        moved["order"] = {key: _moved_text(value, nanoseconds) if key.endswith("_at") else value
+                          for key, value in order.items()}
+    return {**message, "data": moved}
+
+
+def _moved_text(value: Any, nanoseconds: int) -> Any:
+    """An RFC 3339 time moved (to microseconds); anything else as it was."""
+    if not isinstance(value, str) or len(value) < 20:
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    moved = (moment + timedelta(microseconds=nanoseconds // 1000)).astimezone(timezone.utc)
+    return moved.isoformat().replace("+00:00", "Z")

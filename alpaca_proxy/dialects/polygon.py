@@ -166,3 +166,19 @@ class PolygonDialect:
 
 
 DIALECTS: Mapping[str, PolygonDialect] = {market: PolygonDialect(market) for market in POLYGON_MARKETS}
+
+
+#: Aggregates carry their window's start and end (``s``, ``e``) instead of ``t``
+#: (``s`` is a size on trades and quotes, so it moves only here).
+_AGGREGATES = frozenset({"A", "AM", "XA", "XAS", "CA", "CAS", "FMA", "FA"})
+#: Fields in Unix milliseconds on every other event (``r``: crypto receive time).
+_TIMES = ("t", "r")
+
+
+def shifted(message: dict[str, Any], nanoseconds: int) -> dict[str, Any]:
+    """A copy with its times (Unix milliseconds) moved by ``nanoseconds``."""
+    fields = ("s", "e") if message.get("ev") in _AGGREGATES else _TIMES
+    milliseconds = nanoseconds // 1_000_000
+    return {key: value + milliseconds
+            if key in fields and isinstance(value, int) and not isinstance(value, bool)
+            else value for key, value in message.items()}

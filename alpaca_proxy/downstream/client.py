@@ -17,7 +17,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -84,6 +84,8 @@ class _Backpressure:
         self.limit = limit
         self.paused = False
         self.queued = 0
+        #: Deferreds waiting for the client to read again (or go away).
+        self._drain_waiters: list[Deferred] = []
 
     def pauseProducing(self) -> None:
         # May be called again while paused: keep counting from the first pause.
@@ -92,9 +94,24 @@ class _Backpressure:
 
     def resumeProducing(self) -> None:
         self.paused, self.queued = False, 0
+        self._drained()
 
     def stopProducing(self) -> None:
         self.paused = True
+        self._drained()
+
+    def drained(self) -> Deferred:
+        """Fires once writes are taken again (at once if they are)."""
+        if not self.paused:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def _drained(self) -> None:
+        self._drain_waiters, waiters = [], self._drain_waiters
+        for waiter in waiters:
+            waiter.callback(None)
 
     def overflows(self, size: int) -> bool:
         """Account for ``size`` more bytes; True once past the limit."""
@@ -266,6 +283,8 @@ class ClientProtocol(WebSocketServerProtocol):
             self._refusal.cancel()
         if self._resume is not None and self._resume.active():
             self._resume.cancel()
+        if self._backpressure is not None:
+            self._backpressure.stopProducing()  # nobody waits for this client to read
         if self.session is not None:
             self.factory.proxy.pool.leave(self.session, self)
             self.session = None
@@ -424,6 +443,13 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def _slow(self) -> None:
         """Say goodbye to a client that is cut off for not reading (may never arrive)."""
+
+    def drained(self) -> Deferred:
+        """Fires once the client's connection takes writes again (at once if it does,
+        or once it is gone)."""
+        if self._backpressure is None:
+            return succeed(None)
+        return self._backpressure.drained()
 
     @property
     def buffered(self) -> int:

@@ -49,10 +49,12 @@ class AlpacaDataLink(DataLink):
             self._auth_retry.cancel()
         self._auth_retry = None
 
-    def _split(self, payload: bytes) -> list[codec.Element]:
+    @staticmethod
+    def split(payload: bytes) -> list[codec.Element]:
         return codec.split_frame(payload)
 
-    def _is_control(self, message: dict) -> bool:
+    @staticmethod
+    def is_control(message: dict) -> bool:
         return message.get("T") in ("success", "error", "subscription")
 
     def _control(self, message: dict) -> None:

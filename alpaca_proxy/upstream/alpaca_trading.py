@@ -77,6 +77,8 @@ class TradingSession(Session):
         self.listeners: dict[Any, tuple[str, ...]] = {}
         #: Told the account's key id on every event (the REST cache empties itself).
         self.on_event: Any = None
+        #: Called when a client listens to a stream (a replay starts playing then).
+        self.on_listen: Any = None
 
     @property
     def clients(self) -> list[Any]:
@@ -94,6 +96,8 @@ class TradingSession(Session):
     def request(self, client: Any, streams: tuple[str, ...]) -> None:
         """``listen``: the client's streams become ``streams``."""
         self.listeners[client] = streams
+        if streams and self.on_listen is not None:
+            self.on_listen()
 
     def state_of(self, client: Any) -> tuple[str, ...]:
         return self.listeners.get(client, ())

@@ -11,14 +11,14 @@ connection (backoff with jitter, counting sessions that connected but never
 authenticated), pings judge it alive, and stopping it closes the websocket with
 a close handshake so the account's connection slot frees at once.  Each
 provider's handshake lives in a subclass (``alpaca_data``, ``alpaca_trading``,
-``polygon``).  A replayed recording and a message bus are the next kinds of
-link: they implement the same interface without a socket to a provider.
+``polygon``).  A replayed recording (``replay``) implements the same
+interface without a socket to a provider.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from attrs import frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -137,7 +137,10 @@ class _LinkProtocol(WebSocketClientProtocol):
         self.factory.link._opened(self)
 
     def onMessage(self, payload, isBinary):
-        self.factory.link._on_frame(payload, isBinary)
+        link = self.factory.link
+        if link.tap is not None:
+            link.tap(payload, isBinary)
+        link._on_frame(payload, isBinary)
 
     def connectionLost(self, reason):
         self.cause = reason
@@ -197,6 +200,8 @@ class WebSocketLink(MultiService):
     _log = Logger()
     #: Headers of the upgrade request upstream.
     upgrade_headers: dict[str, str] = {}
+    #: Called with each frame as it arrives, before it is handled (``--record``).
+    tap: Callable[[bytes, bool], None] | None = None
 
     def __init__(self, receiver: Any, stream: Stream, credentials: Credentials, url: str,
                  reactor: Any, clock: Any, liveness: Liveness = Liveness(),
@@ -354,10 +359,14 @@ class WebSocketLink(MultiService):
 class DataLink(WebSocketLink):
     """A market-data link: frames split into messages, control ones handled here."""
 
-    def _split(self, payload: bytes) -> list[codec.Element]:
+    @staticmethod
+    def split(payload: bytes) -> list[codec.Element]:
+        """A frame's messages (``codec.DecodeError`` if it is not one)."""
         raise NotImplementedError
 
-    def _is_control(self, message: dict) -> bool:
+    @staticmethod
+    def is_control(message: dict) -> bool:
+        """Whether a message is the protocol's own (welcome, auth, acks, errors), not data."""
         raise NotImplementedError
 
     def _control(self, message: dict) -> None:
@@ -365,14 +374,14 @@ class DataLink(WebSocketLink):
 
     def _on_frame(self, payload: bytes, binary: bool) -> None:
         try:
-            elements = self._split(payload)
+            elements = self.split(payload)
         except codec.DecodeError as failure:
             self._log.warn("upstream {path} sent an undecodable frame: {error}",
                            path=self.stream.path, error=str(failure))
             return
         data = []
         for element in elements:
-            if self._is_control(element.message):
+            if self.is_control(element.message):
                 self._control(element.message)
             else:
                 data.append(element)

@@ -47,10 +47,12 @@ class PolygonLink(DataLink):
 
     # -- frames ------------------------------------------------------------------
 
-    def _split(self, payload: bytes) -> list[codec.Element]:
+    @staticmethod
+    def split(payload: bytes) -> list[codec.Element]:
         return codec.split_json_frame(payload)
 
-    def _is_control(self, message: dict) -> bool:
+    @staticmethod
+    def is_control(message: dict) -> bool:
         return message.get("ev") == "status"
 
     def _control(self, message: dict) -> None:

@@ -15,7 +15,8 @@ Polygon/Massive keys follow the same rules with their own accounts
 fingerprint as the public half (``dialects.polygon.credentials_for``).
 
 Each session gets its link here (``_open``): the one place that knows which
-kind of link serves which stream.
+kind of link serves which stream (a provider's websocket, with the recorder's
+tap under ``--record``; or the recording under ``--replay``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from alpaca_proxy.upstream.alpaca_data import AlpacaDataLink
 from alpaca_proxy.upstream.alpaca_trading import TradingLink, TradingSession
 from alpaca_proxy.upstream.link import Liveness
 from alpaca_proxy.upstream.polygon import PolygonLink
+from alpaca_proxy.upstream.replay import replay_link
 from alpaca_proxy.upstream.session import DataSession, Session
 
 #: How long a locally verified client waits for upstream's own verdict before
@@ -79,6 +81,8 @@ class UpstreamPool(MultiService):
         polygon_accounts: Mapping[str, Credentials] | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         on_trade_update: Callable[[str], None] | None = None,
+        recorder: Any = None,
+        player: Any = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -106,6 +110,10 @@ class UpstreamPool(MultiService):
         self._failures: dict[str, tuple[int, float]] = {}
         #: key id -> fingerprint of the pair upstream last accepted for it.
         self._accepted: dict[str, str] = {}
+        #: Gets every market-data frame (``recording.recorder.Recorder``), if recording.
+        self._recorder = recorder
+        #: Plays a recording instead of dialling upstream (``recording.player.Player``).
+        self._player = player
 
     @property
     def accounts(self) -> Mapping[str, Credentials] | None:
@@ -232,8 +240,16 @@ class UpstreamPool(MultiService):
                                   self._liveness.silence_timeout)
             link_class, options, base = AlpacaDataLink, {"dialect": dialect}, self._data_url()
         url = base.rstrip("/") + stream.path
-        session.link = link_class(session, stream, credentials, url, self._reactor, self._clock,
-                                  self._liveness, self._trust_root, **options)
+        if self._player is not None:
+            url = "replay:%s" % (stream.path,)
+            session.link = replay_link(session, stream, self._player, self._clock)
+            if stream.kind == TRADING:
+                session.on_listen = session.link.listened
+        else:
+            session.link = link_class(session, stream, credentials, url, self._reactor,
+                                      self._clock, self._liveness, self._trust_root, **options)
+            if self._recorder is not None and self._recorder.wants(stream):
+                session.link.tap = self._recorder.tap(stream)
         session.on_refused = self._refused
         session.upstream_judges = (self._polygon_accounts if stream.kind == POLYGON
                                    else self._accounts) is None

@@ -56,6 +56,15 @@ DEFAULTS = {
     "use-polygon": 0,
     "polygon-url": "wss://socket.massive.com",
     "polygon-accounts": None,
+    "record": None,
+    "record-trading": 0,
+    "replay": None,
+    "replay-catalog": None,
+    "replay-speed": 1.0,
+    "replay-from": None,
+    "replay-to": None,
+    "replay-loop": 0,
+    "replay-shift": 0,
 }
 
 
