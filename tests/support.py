@@ -137,9 +137,12 @@ class Harness:
                  upstream_url: str | None = None, polygon_configured: bool = True,
                  polygon_keys: set | None = None, polygon_root: str | None = None,
                  rest: bool = True, rest_limit: int = 200, rest_window: float = 60.0,
-                 rest_settings: dict | None = None):
+                 rest_settings: dict | None = None, settings: dict | None = None,
+                 real_time: bool = False):
         self.testcase = testcase
-        self.clock = Clock()
+        #: Timers run on a Clock the test advances, or (``real_time``) on the reactor:
+        #: a replay plays on its clock.
+        self.clock = reactor if real_time else Clock()
         self.upstream = FakeAlpacaFactory(
             accounts={KEY: SECRET} if accounts is None else accounts, symbol_limit=symbol_limit,
             record=True, clock=self.clock)
@@ -168,7 +171,8 @@ class Harness:
         #: The fake REST upstream (both hosts on one port), if ``rest``.
         self.rest = FakeRest(self.clock, accounts={KEY: SECRET} if accounts is None else accounts,
                              limit=rest_limit, window=rest_window) if rest else None
-        self._rest_settings = rest_settings or {}
+        self._rest_settings = dict(rest_settings or {}, **(settings or {}))
+        self._stopped = False
 
     @defer.inlineCallbacks
     def start(self):
@@ -198,7 +202,9 @@ class Harness:
             **({"liveness": self._liveness} if self._liveness else {}))
         built = build(settings, reactor, clock=self.clock)
         self.proxy, self.site, self.pool = built.proxy, built.site, built.pool
-        self.pool.startService()
+        self.services = built.services()
+        for service in self.services:
+            service.startService()
         listen = "tcp:0:interface=127.0.0.1"
         if self._tls:
             listen = self._tls_listen()
@@ -282,6 +288,9 @@ class Harness:
 
     @defer.inlineCallbacks
     def stop(self):
+        if self._stopped:
+            return
+        self._stopped = True
         closing = []
         for client in self.clients:
             if client.state != client.STATE_CLOSED:
@@ -289,7 +298,9 @@ class Harness:
                 closing.append(client.closed)
         yield defer.DeferredList(closing)
         yield self.proxy_port.stopListening()
-        yield self.pool.stopService()
+        self.proxy.notes.stop()
+        for service in reversed(self.services):
+            yield service.stopService()
         for connection in list(self.upstream.connections):
             connection.dropConnection(abort=True)
         yield self.upstream_port.stopListening()

@@ -35,7 +35,7 @@ READ_BYTES = 8 << 20
 TURN_FRAMES = 200
 #: At speed 0: bytes delivered between checks that every client still reads.
 TURN_BYTES = 256 << 10
-#: Frames due within this many seconds of now go out together.
+#: Frames due within this many seconds of now go out together (never later).
 EARLY = 0.001
 
 
@@ -167,7 +167,9 @@ class Player(Service):
         while self._queue and played < TURN_FRAMES:
             due = wall + (self._queue[0][1].received - recorded) / 1e9 / self.speed
             if due > now + EARLY:
-                self._schedule(due - now)
+                # Woken up to EARLY before: timers never fire exactly on time (and
+                # floats of seconds since the epoch carry ~0.2 us of rounding).
+                self._schedule(due - now - EARLY)
                 return
             self._play(*self._queue.popleft())
             played += 1
@@ -202,7 +204,9 @@ class Player(Service):
         for links in self._links.values():
             for link in links:
                 if link.subscribed:
-                    clients.update(dict.fromkeys(link.receiver.clients))
+                    session = link.receiver
+                    clients.update(dict.fromkeys(
+                        c for c in session.clients if session.subscriptions_of(c)))
         return list(clients)
 
     def _play(self, endpoint: str, frame: Frame) -> None:

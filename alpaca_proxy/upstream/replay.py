@@ -75,12 +75,15 @@ class ReplayLink(Service):
         """A recording never goes mute."""
 
     def close(self) -> Deferred:
+        """Leave the player; the session sees the link go down, as after a close."""
         self.player.detach(self)
-        self.ready = False
+        was_ready, self.ready = self.ready, False
         for call in self._calls:
             if call.active():
                 call.cancel()
         self._calls.clear()
+        if was_ready:
+            self.receiver.link_down(True)
         return succeed(None)
 
     # -- the service -----------------------------------------------------------------
