@@ -236,6 +236,14 @@ class Player(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._log.warn(
+            "REPLAY: serving the recording {path} instead of Alpaca ({endpoints}) at"
+            " {pace}{window}{loop}; playback starts at the first subscription",
+            path=self.catalog.path, endpoints=", ".join(sorted(self.endpoints)),
+            pace="speed %g" % self.speed if self.speed else "the pace of the slowest reader",
+            window="".join(" %s %s" % (word, rfc3339_ns(ns)) for word, ns in
+                           (("from", self.start_ns), ("to", self.end_ns)) if ns is not None),
+            loop=", looping" if self.loop else "")
         self._worker.start()
         self._open_timeline()
         self._read_more()  # the first batch is ready before anyone subscribes

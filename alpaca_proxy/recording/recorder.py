@@ -160,6 +160,9 @@ class Recorder(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._log.info("recording every market-data frame{trading} to {directory}",
+                       directory=self.directory,
+                       trading=" and the trading stream" if self.record_trading else "")
         self._worker.start()
         self._flusher.start(FLUSH_INTERVAL, now=False)
 

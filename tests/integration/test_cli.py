@@ -67,6 +67,27 @@ class StartupErrorTests(TestCase):
             self.assertIn(message, result.stdout + result.stderr)
             self.assertNotIn("Traceback", result.stdout + result.stderr)
 
+    def test_recording_mistakes(self):
+        """--record and --replay mistakes: one line each, naming what is wrong."""
+        missing = os.path.join(self.mktemp(), "nothing-here")
+        self.assert_one_line(run(command() + ["--replay", missing]), "--replay",
+                             "no such file or directory")
+        empty = self.mktemp()
+        os.makedirs(empty)
+        self.assert_one_line(run(command() + ["--replay", empty]), "no alpaca-proxy recording")
+        self.assert_one_line(run(command() + ["--replay", empty, "--simulate"]), "give one")
+        self.assert_one_line(run(command() + ["--replay-speed", "3"]), "--replay-speed",
+                             "needs --replay")
+        self.assert_one_line(run(command(), {"ALPACA_PROXY_REPLAY_LOOP": "true"}),
+                             "ALPACA_PROXY_REPLAY_LOOP", "needs --replay")
+        self.assert_one_line(run(command() + ["--record", empty, "--replay", empty]),
+                             "give one")
+        self.assert_one_line(run(command() + ["--record-trading"]), "needs --record")
+        blocked = os.path.join(empty, "a-file")
+        open(blocked, "w").close()
+        self.assert_one_line(run(command() + ["--record", os.path.join(blocked, "sub")]),
+                             "--record", "cannot create")
+
     def test_permission_denied(self):
         """A privileged port without the privilege: one line saying so."""
         if os.geteuid() == 0:

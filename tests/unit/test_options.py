@@ -92,6 +92,35 @@ class OptionsTests(SynchronousTestCase):
             simulate=1, feed="sip", accounts={"PK1": Credentials("PK1", "sec")},
             hosts=None))  # listening on every interface: no Host rule
 
+    def test_replay_settings(self):
+        """--replay opens the recording; the window is read as RFC 3339 with an offset."""
+        from alpaca_proxy.recording import fileformat
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        with open(os.path.join(folder, "alpaca_v2_iex.2026-12-01.zst"), "wb") as out:
+            meta = fileformat.metadata("stocks", "/v2/iex", 0, "test")
+            out.write(fileformat.encode_block(fileformat.pack_metadata(meta),
+                                              fileformat.new_compressor()))
+        parsed = parse(["--replay", folder, "--replay-speed", "0", "--replay-from",
+                        "2026-12-01T14:30:00Z", "--replay-to", "2026-12-01T10:00:00.5-05:00"],
+                       {"ALPACA_PROXY_REPLAY_SHIFT": "yes"})
+        self.assertEqual(parsed["replay-catalog"].endpoints, {"/v2/iex"})
+        self.assertEqual(parsed["replay-speed"], 0.0)
+        self.assertEqual(parsed["replay-from"], 1796135400 * 10**9)
+        self.assertEqual(parsed["replay-to"], 1796137200 * 10**9 + 500_000_000)
+        self.assertEqual(parsed["replay-shift"], 1)
+        for argv, words in (
+                (["--replay-from", "yesterday"], "not an RFC 3339 time"),
+                (["--replay-from", "2026-12-01T14:30:00"], "with an offset"),
+                (["--replay-from", "2026-12-01T15:00:00Z", "--replay-to",
+                  "2026-12-01T14:00:00Z"], "must come after"),
+                (["--replay-speed", "-1"], "at least 0")):
+            options = Options(environ={})
+            with self.assertRaises(SystemExit) as raised:
+                options.parseOptions(["--replay", folder] + argv)
+            self.assertIn(words, str(raised.exception))
+
     def test_polygon_settings(self):
         """USE_POLYGON selects Polygon at /; cluster names expand; keys become accounts."""
         parsed = parse(["--polygon-url", "delayed"], {
