@@ -18,11 +18,14 @@ _SESSION = ["endpoint", "account"]
 
 
 class ProxyCollector(Collector):
-    def __init__(self, pool: Any, clients: Any, stats: Any, rest: Any = None) -> None:
+    def __init__(self, pool: Any, clients: Any, stats: Any, rest: Any = None,
+                 recorder: Any = None, replay: Any = None) -> None:
         self._pool = pool
         self._clients = clients
         self._stats = stats
         self._rest = rest
+        self._recorder = recorder
+        self._replay = replay
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("alpaca_proxy_upstream_up",
@@ -77,6 +80,28 @@ class ProxyCollector(Collector):
         yield refused
         if self._rest is not None:
             yield from self._rest_metrics()
+        if self._recorder is not None:
+            recorder = self._recorder
+            yield CounterMetricFamily("alpaca_proxy_recorded_frames",
+                                      "Upstream frames recorded (--record)",
+                                      value=recorder.frames)
+            yield CounterMetricFamily("alpaca_proxy_recording_written_bytes",
+                                      "Compressed bytes written to recordings",
+                                      value=recorder.written)
+            yield CounterMetricFamily("alpaca_proxy_recording_dropped_frames",
+                                      "Frames not recorded: the disk was too far behind",
+                                      value=recorder.dropped)
+            yield CounterMetricFamily("alpaca_proxy_recording_failed_writes",
+                                      "Recording blocks that could not be written",
+                                      value=recorder.failed_writes)
+        if self._replay is not None:
+            position = self._replay.position_ns
+            yield GaugeMetricFamily("alpaca_proxy_replay_position_seconds",
+                                    "Receive time of the last replayed frame (Unix seconds)",
+                                    value=position / 1e9 if position is not None else 0)
+            yield CounterMetricFamily("alpaca_proxy_replay_frames",
+                                      "Recorded frames played (--replay)",
+                                      value=self._replay.frames_played)
 
     def _rest_metrics(self) -> Iterator[Any]:
         from alpaca_proxy.rest import WAIT_BUCKETS
@@ -104,7 +129,8 @@ class ProxyCollector(Collector):
         yield left
 
 
-def registry_for(pool: Any, clients: Any, stats: Any, rest: Any = None) -> CollectorRegistry:
+def registry_for(pool: Any, clients: Any, stats: Any, rest: Any = None,
+                 recorder: Any = None, replay: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(pool, clients, stats, rest))
+    registry.register(ProxyCollector(pool, clients, stats, rest, recorder, replay))
     return registry

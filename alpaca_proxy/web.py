@@ -52,7 +52,7 @@ class StreamsResource(Resource):
         self._trading = WebSocketResource(trading)
         self._polygon = WebSocketResource(polygon)
         self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats,
-                                                     rest))
+                                                     rest, proxy.recorder, proxy.replay))
 
     def render(self, request: Any) -> bytes:
         host = request.getHeader(b"host")

@@ -8,6 +8,7 @@ Run by hand (not in CI), from the repository root with the proxy installed:
     python bench/fanout.py --encodings mixed
     python bench/fanout.py --search --batch 20 --clients 10
     python bench/fanout.py --mode levels      # direct, one proxy, a chain of two
+    python bench/fanout.py --mode proxy --record /tmp/recording   # what recording costs
 
 Three roles, each its own process:
 
@@ -237,7 +238,7 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def start_proxy(upstream_port: int) -> tuple[subprocess.Popen, int]:
+def start_proxy(upstream_port: int, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     """A proxy whose upstream is the generator, or another proxy; returns it and its port."""
     port = free_port()
     proxy = subprocess.Popen(
@@ -245,7 +246,7 @@ def start_proxy(upstream_port: int) -> tuple[subprocess.Popen, int]:
          "--pidfile=", "alpaca-proxy", "--listen", "tcp:%d:interface=127.0.0.1" % port,
          "--data-url", "ws://127.0.0.1:%d" % upstream_port, "--max-symbols", "1000000",
          "--max-clients", "0",
-         "--max-request-symbols", "1000000"],
+         "--max-request-symbols", "1000000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("APCA_")})
     time.sleep(1.5)
@@ -265,8 +266,10 @@ def run_mode(opts, mode: str) -> dict:
     proxies: list[subprocess.Popen] = []
     port, path = gen_port, "/v2/iex"
     # "proxy": clients -> proxy -> generator; "chain": clients -> proxy -> proxy -> generator.
-    for _ in range({"direct": 0, "proxy": 1, "chain": 2}[mode]):
-        proxy, port = start_proxy(port)
+    for level in range({"direct": 0, "proxy": 1, "chain": 2}[mode]):
+        # With --record, the proxy nearest upstream records what it receives.
+        extra = ["--record", opts.record] if opts.record and level == 0 else []
+        proxy, port = start_proxy(port, extra)
         proxies.append(proxy)
     encodings = []
     for n in range(opts.clients):
@@ -359,6 +362,9 @@ def main() -> None:
                         " and a 2-proxy chain, with the latency each level adds")
     parser.add_argument("--client-procs", type=int, default=0,
                         help="client processes (default: one per 50 clients, at most 4)")
+    parser.add_argument("--record", metavar="DIR",
+                        help="the proxy records every upstream frame to DIR (run with and"
+                        " without to see what recording costs)")
     parser.add_argument("--search", action="store_true",
                         help="raise the rate until loss or p99 > 50 ms; report the ceiling")
     opts = parser.parse_args()

@@ -86,16 +86,17 @@ class Recorder(Service):
             return
         if not self._day_start <= now < self._day_end:
             self._new_day(now)
-        # Microseconds: what a float of seconds since the epoch holds exactly.
-        packed = fileformat.pack_frame(round(now * 1e6) * 1000, binary, payload)
         key = (stream.kind, stream.path, self._day)
         batch = self._pending.get(key)
         if batch is None:
             batch = self._pending[key] = []
-        batch.append(packed)
+        # The record's head, then the payload itself (not a copy: bytes don't change).
+        # Microseconds: what a float of seconds since the epoch holds exactly.
+        batch.append(fileformat.frame_head(round(now * 1e6) * 1000, binary, len(payload)))
+        batch.append(payload)
         self.frames += 1
         self.bytes += len(payload)
-        self._pending_bytes += len(packed)
+        self._pending_bytes += len(payload) + 16
         if self._pending_bytes >= BLOCK_BYTES:
             self.flush()
 
@@ -119,7 +120,7 @@ class Recorder(Service):
                                            __version__)
                 batch.insert(0, fileformat.pack_metadata(meta))
             body = b"".join(batch)
-            writes.append(self._write(name, body, len(batch)))
+            writes.append(self._write(name, body, len(batch) // 2))
         return DeferredList(writes) if writes else succeed(None)
 
     def _write(self, name: str, body: bytes, count: int) -> Deferred:

@@ -104,3 +104,45 @@ class StatusPageBrowserTests(TestCase):
         out, err, code = yield self.run_chromium("--screenshot=%s" % (screenshot,), url)
         self.assertEqual(code, 0, err.decode()[-2000:])
         self.assertGreater(screenshot.stat().st_size, 10_000)
+
+    @defer.inlineCallbacks
+    def test_page_says_replay_and_where(self):
+        """Under --replay the page shows REPLAY and the position in the recording."""
+        import msgpack
+
+        from alpaca_proxy.recording import fileformat
+
+        chromium()
+        folder = self.mktemp()
+        os.makedirs(folder)
+        stamp = msgpack.Timestamp(1714658587, 0)
+        body = fileformat.pack_metadata(fileformat.metadata("stocks", "/v2/iex", 0, "test"))
+        for n in range(3):
+            frame = [{"T": "t", "S": "AAPL", "i": n, "x": "V", "p": 100.0 + n, "s": 1,
+                      "c": ["@"], "z": "C", "t": stamp}]
+            body += fileformat.pack_frame(1714658587_000_000_000 + n * 1000, True,
+                                          msgpack.packb(frame, datetime=False))
+        with open(os.path.join(folder, "alpaca_v2_iex.2024-05-02.zst"), "wb") as out:
+            out.write(fileformat.encode_block(body, fileformat.new_compressor()))
+        options = Options(environ={})
+        options.parseOptions(["--replay", folder, "--replay-speed", "0",
+                              "--listen", "tcp:0:interface=127.0.0.1"])
+        tree = makeService(options, reactor)
+        yield tree.startService()
+        self.addCleanup(tree.stopService)
+        port = (yield listening_port(tree.getServiceNamed("listener"))).getHost().port
+        client = yield connect(port, "/v2/iex")
+        self.addCleanup(lambda: client.sendClose() or client.closed)
+        yield client.next()
+        client.send({"action": "auth", "key": "PKDEMO", "secret": "demo-secret"})
+        yield client.next()
+        client.send({"action": "subscribe", "trades": ["AAPL"]})
+        yield client.next()
+        received = []
+        while len(received) < 3:
+            received += (yield client.next())
+        self.assertEqual([m["p"] for m in received], [100.0, 101.0, 102.0])
+        out, err, code = yield self.run_chromium("--dump-dom", "http://127.0.0.1:%d/" % port)
+        self.assertEqual(code, 0, err.decode()[-2000:])
+        self.assertIn('<span id="replay" class="pill warn" title="recording %s: /v2/iex">'
+                      'REPLAY 2024-05-02T14:03:07.000002Z' % (folder,), out.decode())

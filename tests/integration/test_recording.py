@@ -77,8 +77,12 @@ class RecordThenReplayTests(TestCase):
         self.assertEqual(catalog.endpoints, {"/v2/iex"})
         frames = yield deferToThread(lambda: [f for _, f in catalog.timeline()])
         payloads = [f.payload for f in frames]
-        for n in range(5):
-            self.assertIn(msgpack.packb(market(n), datetime=False), payloads)
+        # Welcome, authenticated, the ack, the data, then the ack of the unsubscribe
+        # that followed the client's leaving.
+        self.assertEqual(payloads[3:8], [msgpack.packb(market(n), datetime=False)
+                                         for n in range(5)])
+        self.assertEqual([msgpack.unpackb(p)[0]["T"] for p in payloads[:3] + payloads[8:]],
+                         ["success", "success", "subscription", "subscription"])
         first = msgpack.unpackb(payloads[0], timestamp=0)
         self.assertEqual(first, [{"T": "success", "msg": "connected"}])
         self.assertEqual(frames, sorted(frames, key=lambda f: f.received))
@@ -131,6 +135,9 @@ class RecordThenReplayTests(TestCase):
         self.assertEqual(status["replay"]["speed"], 0)
         self.assertTrue(status["replay"]["position"].endswith("Z"), status["replay"])
         self.assertIn(status["replay"]["state"], ("playing", "ended"))
+        metrics = yield deferToThread(
+            lambda: urlopen("http://127.0.0.1:%d/metrics" % replay.port).read().decode())
+        self.assertIn("alpaca_proxy_replay_frames_total", metrics)
 
     @defer.inlineCallbacks
     def test_torn_tail_replays_what_came_before(self):
@@ -177,3 +184,65 @@ class SdkReplayTests(TestCase):
         self.assertEqual([(m["kind"], m["symbol"], m["value"]) for m in lines],
                          market_expected("AAPL"))
         self.assertTrue(lines[0]["time"].startswith(STAMP_TEXT), lines[0])
+
+
+class OtherStreamsTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_polygon_recorded_and_replayed(self):
+        """A Polygon cluster's frames are recorded and replayed to a Polygon client."""
+        from tests.integration.test_polygon import acks, quote
+        from tests.integration.test_polygon import trade as polygon_trade
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        harness = yield Harness(self, settings={"record": folder}).start()
+        client = yield harness.polygon_login("stocks")
+        client.send({"action": "subscribe", "params": "T.MSFT,Q.MSFT"})
+        yield client.next()
+        events = [polygon_trade("MSFT", 1.5), quote("MSFT", 1.4), polygon_trade("MSFT", 1.6)]
+        harness.polygon.inject(events)
+        yield client.next()
+        yield harness.stop()
+        self.assertEqual(Catalog.open(folder).endpoints, {"/stocks"})
+        replay = yield Harness(self, real_time=True, settings={
+            "replay": Catalog.open(folder), "replay_speed": 0}).start()
+        client = yield replay.polygon_login("stocks")
+        client.send({"action": "subscribe", "params": "T.MSFT"})
+        self.assertEqual((yield client.next()), acks("subscribe", "T.MSFT"))
+        self.assertEqual((yield client.next()), [events[0], events[2]])
+        self.assertFalse(any(client.binary_flags))
+
+    @defer.inlineCallbacks
+    def test_trading_only_with_record_trading_and_replayed(self):
+        """The trading stream is recorded only when asked; its events replay to listeners."""
+        from tests.integration.test_trading import AUTHORIZED, FILL
+
+        folders = []
+        for record_trading in (False, True):
+            folder = self.mktemp()
+            os.makedirs(folder)
+            folders.append(folder)
+            harness = yield Harness(self, settings={
+                "record": folder, "record_trading": record_trading}).start()
+            client = yield harness.connect(path="/stream")
+            client.send({"action": "auth", "key": KEY, "secret": SECRET})
+            self.assertEqual((yield client.next()), AUTHORIZED)
+            client.send({"action": "listen", "data": {"streams": ["trade_updates"]}})
+            yield client.next()
+            yield harness.upstream.when(
+                lambda: any(c.listening for c in harness.upstream.connections))
+            harness.upstream.trade_update(FILL)
+            yield client.next()
+            yield harness.stop()
+        self.assertEqual(os.listdir(folders[0]), [])
+        self.assertEqual(Catalog.open(folders[1]).endpoints, {"/stream"})
+        replay = yield Harness(self, real_time=True, settings={
+            "replay": Catalog.open(folders[1]), "replay_speed": 0}).start()
+        client = yield replay.connect(path="/stream")
+        client.send({"action": "auth", "key": KEY, "secret": SECRET})
+        self.assertEqual((yield client.next()), AUTHORIZED)
+        client.send({"action": "listen", "data": {"streams": ["trade_updates"]}})
+        yield client.next()
+        self.assertEqual((yield client.next()), {"stream": "trade_updates", "data": FILL})
