@@ -163,7 +163,7 @@ def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None)
     recorder = player = None
     if settings.record:
         recorder = Recorder(settings.record, clock,
-                            disk or SerialWorker(reactor, "alpaca-proxy-recorder"),
+                            disk or SerialWorker(reactor, "alpaca-proxy-recorder", nice=10),
                             record_trading=settings.record_trading)
     if settings.replay is not None:
         player = Player(settings.replay, clock,

@@ -220,8 +220,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as stat:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """A process's CPU seconds (user + system), or one of its threads' (the main
+    thread's id is the process id: the reactor's)."""
+    path = "/proc/%d/stat" % pid if thread is None else "/proc/%d/task/%d/stat" % (pid, thread)
+    with open(path) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -290,8 +293,10 @@ def run_mode(opts, mode: str) -> dict:
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit("a client process failed to subscribe")
     cpu_before = sum(cpu_seconds(proxy.pid) for proxy in proxies)
+    reactor_before = sum(cpu_seconds(proxy.pid, proxy.pid) for proxy in proxies)
     time.sleep(max(0.0, stop - time.time()))
     cpu_after = sum(cpu_seconds(proxy.pid) for proxy in proxies)
+    reactor_after = sum(cpu_seconds(proxy.pid, proxy.pid) for proxy in proxies)
     emitted = json.loads(gen.stdout.readline())["emitted"]
     reports = [r for proc in procs for r in json.loads(proc.stdout.readline())]
     for proc in procs:
@@ -316,13 +321,17 @@ def run_mode(opts, mode: str) -> dict:
         "proxy_cpu_pct": 100 * (cpu_after - cpu_before) / opts.duration if proxies else None,
         "proxy_cpu_us_per_upstream_msg": 1e6 * (cpu_after - cpu_before) / max(1, sum(emitted))
         if proxies else None,
+        # The reactor thread alone (without --record's writer thread, say).
+        "reactor_cpu_us_per_upstream_msg":
+        1e6 * (reactor_after - reactor_before) / max(1, sum(emitted)) if proxies else None,
         "proxy_peak_rss_mib": rss / 1024 if proxies else None,
     }
 
 
 def table(rows: list[dict]) -> str:
     columns = ["mode", "delivered_per_s", "p50_ms", "p99_ms", "max_ms", "loss",
-               "proxy_cpu_pct", "proxy_cpu_us_per_upstream_msg", "proxy_peak_rss_mib"]
+               "proxy_cpu_pct", "proxy_cpu_us_per_upstream_msg", "reactor_cpu_us_per_upstream_msg",
+               "proxy_peak_rss_mib"]
     lines = [" | ".join(columns)]
     for row in rows:
         lines.append(" | ".join(

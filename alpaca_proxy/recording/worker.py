@@ -8,6 +8,8 @@ share its threads with name resolution and give no order.
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -16,17 +18,25 @@ from twisted.python.threadpool import ThreadPool
 
 
 class SerialWorker:
-    """Runs blocking calls in one thread of its own; ``run`` gives a Deferred."""
+    """Runs blocking calls in one thread of its own; ``run`` gives a Deferred.
 
-    def __init__(self, reactor: Any, name: str) -> None:
+    With ``nice``, the thread runs at that lower scheduling priority (Linux
+    schedules threads on their own): a second's worth of compression must not
+    delay the reactor, or the clients on the same machine, when cores are busy.
+    """
+
+    def __init__(self, reactor: Any, name: str, nice: int = 0) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
         self._started = False
+        self._nice = nice
 
     def start(self) -> None:
         if not self._started:
             self._started = True
             self._pool.start()
+            if self._nice:
+                self._pool.callInThread(_lower_priority, self._nice)
 
     def stop(self) -> None:
         """Wait for the thread to finish its last job (call once nothing is queued)."""
@@ -38,6 +48,14 @@ class SerialWorker:
         if not self._started:
             self.start()
         return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+
+def _lower_priority(nice: int) -> None:
+    """In the worker thread: lower this thread's priority (where the OS allows it)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not permitted: the work still gets done
 
 
 class InlineWorker:
