@@ -15,11 +15,18 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 def main(argv: Sequence[str] | None = None) -> None:
     from alpaca_proxy.options import Options
-    from alpaca_proxy.service import makeService
 
     options = Options()
     options.parseOptions(list(sys.argv[1:] if argv is None else argv))  # SystemExit: one line
+    if options["bus-servers"]:
+        # nats-py runs on asyncio: one loop for both.  Installed before anything
+        # imports the reactor (the service's modules do).
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
     from twisted.internet import reactor
+
+    from alpaca_proxy.service import makeService
 
     service = makeService(options, reactor)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],

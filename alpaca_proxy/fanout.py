@@ -45,6 +45,8 @@ def deliver(elements: Sequence[codec.Element], routed: Mapping[Any, list[int]]) 
     """
     groups: dict[tuple[tuple[int, ...], codec.Encoding], list[Any]] = {}
     for client, positions in routed.items():
+        if client.encoding is None:
+            continue  # another node (--bus): it gets the frame over the bus, once
         groups.setdefault((tuple(positions), client.encoding), []).append(client)
     messages = size = 0
     for (positions, encoding), clients in groups.items():
@@ -62,6 +64,8 @@ def deliver(elements: Sequence[codec.Element], routed: Mapping[Any, list[int]]) 
 
 def snapshot(client: Any, elements: Sequence[codec.Element]) -> None:
     """Messages for one client alone (whole order books for a late joiner)."""
+    if client.encoding is None:
+        return  # another node (--bus): it keeps its own books from the frames
     for payload in client.encoding.frames(elements):
         client.send_prepared(client.prepare(payload, client.encoding.binary))
 

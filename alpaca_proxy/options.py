@@ -61,6 +61,10 @@ ENVIRONMENT = {
     "replay-speed": "ALPACA_PROXY_REPLAY_SPEED",
     "replay-from": "ALPACA_PROXY_REPLAY_FROM",
     "replay-to": "ALPACA_PROXY_REPLAY_TO",
+    "bus": "ALPACA_PROXY_BUS",
+    "bus-creds": "ALPACA_PROXY_BUS_CREDS",
+    "node-name": "ALPACA_PROXY_NODE_NAME",
+    "lease-ttl": "ALPACA_PROXY_LEASE_TTL",
 }
 #: flag name -> environment variable (true, yes, 1 or on sets it)
 FLAG_ENVIRONMENT = {
@@ -70,6 +74,7 @@ FLAG_ENVIRONMENT = {
     "record-trading": "ALPACA_PROXY_RECORD_TRADING",
     "replay-loop": "ALPACA_PROXY_REPLAY_LOOP",
     "replay-shift": "ALPACA_PROXY_REPLAY_SHIFT",
+    "bus-symbols": "ALPACA_PROXY_BUS_SYMBOLS",
 }
 
 #: Polygon/Massive clusters by name, for --polygon-url (the massive client's hosts).
@@ -195,6 +200,17 @@ class Options(usage.Options):
          " [env ALPACA_PROXY_REPLAY_FROM]."],
         ["replay-to", None, None,
          "With --replay: stop before this time (RFC 3339) [env ALPACA_PROXY_REPLAY_TO]."],
+        ["bus", None, None,
+         "NATS servers (nats:// or tls://, comma-separated; user:password@ may be in the"
+         " URL) that nodes share upstreams over; needs Twisted's asyncio reactor and"
+         " configured accounts [env ALPACA_PROXY_BUS]."],
+        ["bus-creds", None, None,
+         "With --bus: a NATS credentials file (.creds) [env ALPACA_PROXY_BUS_CREDS]."],
+        ["node-name", None, None,
+         "With --bus: this node's name; default host:pid [env ALPACA_PROXY_NODE_NAME]."],
+        ["lease-ttl", None, 5.0,
+         "With --bus: seconds an upstream's lease outlives its holder's last renewal"
+         " (renewed every quarter of it) [env ALPACA_PROXY_LEASE_TTL]."],
     ]
 
     optFlags = [
@@ -214,6 +230,10 @@ class Options(usage.Options):
         ["replay-shift", None,
          "With --replay: move message timestamps so the recording seems to happen now"
          " [env ALPACA_PROXY_REPLAY_SHIFT=true]."],
+        ["bus-symbols", None,
+         "With --bus: also publish each message, as Alpaca's JSON, on"
+         " alpaca.<endpoint>.<channel>.<symbol> for any NATS client"
+         " [env ALPACA_PROXY_BUS_SYMBOLS=true]."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -307,6 +327,7 @@ class Options(usage.Options):
             self["hosts"] = frozenset(h.strip().lower() for h in self["allow-host"].split(",")
                                       if h.strip())
         self._recording_options()
+        self._bus_options()
         self["trust-root"] = None
         if self["ca-bundle"]:
             try:
@@ -346,6 +367,44 @@ class Options(usage.Options):
                 self["replay-catalog"] = Catalog.open(self["replay"])
             except NotARecording as problem:
                 raise usage.UsageError("%s: %s" % (self._source("replay"), problem)) from None
+
+
+    def _bus_options(self) -> None:
+        """--bus: URLs checked, accounts required; the other bus options need it."""
+        self["lease-ttl"] = _number(self._source("lease-ttl"), self["lease-ttl"], 1.0)
+        if not self["bus"]:
+            for name in ("bus-creds", "node-name", "bus-symbols"):
+                if self[name]:
+                    raise usage.UsageError("%s needs --bus" % (self._source(name),))
+            self["bus-servers"] = None
+            return
+        servers = [s.strip() for s in self["bus"].split(",") if s.strip()]
+        for server in servers:
+            try:
+                url = URL.from_text(server)
+            except Exception:
+                url = None
+            if url is None or url.scheme not in ("nats", "tls") or not url.host:
+                raise usage.UsageError("%s: not a nats:// or tls:// URL: %r"
+                                       % (self._source("bus"), _without_password(server)))
+        if not servers:
+            raise usage.UsageError("%s: no server given" % (self._source("bus"),))
+        self["bus-servers"] = servers
+        if not self["accounts"] and not self["polygon-accounts"]:
+            raise usage.UsageError(
+                "%s needs configured accounts (APCA_API_KEY_ID/APCA_API_SECRET_KEY or"
+                " --credentials-file): a client's own secret never travels on the bus"
+                % (self._source("bus"),))
+        if self["replay"]:
+            raise usage.UsageError("%s and %s: a replay is local; give one"
+                                   % (self._source("bus"), self._source("replay")))
+        if self["bus-creds"] and not os.path.isfile(self["bus-creds"]):
+            raise usage.UsageError("%s: no such file: %s" % (self._source("bus-creds"),
+                                                              self["bus-creds"]))
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def _recording_directory(source: str, path: str) -> str:

@@ -79,6 +79,8 @@ class Proxy:
     recorder: Any = None
     #: Plays a recording instead of upstream (``recording.player.Player``), or None.
     replay: Any = None
+    #: The cluster bus (``cluster.bus.Bus``) with --bus, or None.
+    bus: Any = None
     #: Every connected client (``interfaces.IClient``), for limits, pages and shutdown.
     clients: set = field(factory=set)
     #: Connected clients per IP address.

@@ -86,6 +86,13 @@ class Settings:
     replay_to: int | None = None
     replay_loop: bool = False
     replay_shift: bool = False
+    #: NATS servers nodes share upstreams over (None: this proxy alone), and the rest
+    #: of --bus.
+    bus: tuple[str, ...] | None = None
+    bus_creds: str | None = None
+    node_name: str | None = None
+    lease_ttl: float = 5.0
+    bus_symbols: bool = False
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
@@ -124,6 +131,9 @@ class Settings:
             replay=options["replay-catalog"], replay_speed=options["replay-speed"],
             replay_from=options["replay-from"] or None, replay_to=options["replay-to"] or None,
             replay_loop=bool(options["replay-loop"]), replay_shift=bool(options["replay-shift"]),
+            bus=tuple(options["bus-servers"]) if options["bus-servers"] else None,
+            bus_creds=options["bus-creds"], node_name=options["node-name"],
+            lease_ttl=options["lease-ttl"], bus_symbols=bool(options["bus-symbols"]),
         )
 
 
@@ -146,9 +156,14 @@ class Built:
     def player(self) -> Player | None:
         return self.proxy.replay
 
+    @property
+    def bus(self) -> Any:
+        return self.proxy.bus
+
     def services(self) -> list[Service]:
-        """What runs, in start order (they stop in reverse: the pool before the recorder)."""
-        return [s for s in (self.recorder, self.player, self.pool) if s is not None]
+        """What runs, in start order (they stop in reverse: the pool before the recorder
+        and the bus, so leases are given up while the bus is there)."""
+        return [s for s in (self.recorder, self.player, self.bus, self.pool) if s is not None]
 
 
 def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None) -> Built:
@@ -171,18 +186,25 @@ def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None)
                         speed=settings.replay_speed, start_ns=settings.replay_from,
                         end_ns=settings.replay_to, loop=settings.replay_loop,
                         shift=settings.replay_shift)
+    bus = None
+    if settings.bus:
+        from alpaca_proxy.cluster.bus import Bus, default_node_name  # nats only with --bus
+
+        bus = Bus(list(settings.bus), settings.node_name or default_node_name(),
+                  settings.lease_ttl, clock, creds=settings.bus_creds)
     pool = UpstreamPool(reactor, settings.data_url, accounts=settings.accounts,
                         trading_url=settings.trading_url, linger=settings.linger, clock=clock,
                         liveness=settings.liveness, trust_root=settings.trust_root,
                         polygon_url=settings.polygon_url,
                         polygon_accounts=settings.polygon_accounts,
-                        max_sessions=settings.max_upstreams, recorder=recorder, player=player)
+                        max_sessions=settings.max_upstreams, recorder=recorder, player=player,
+                        bus=bus, bus_symbols=settings.bus_symbols)
     proxy = Proxy(clock=clock, pool=pool, limits=settings.limits,
                   default_feed=settings.default_feed, polygon_root=settings.polygon_root,
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
                   health_grace=settings.health_grace, hosts=settings.hosts,
                   access_log=settings.access_log, simulated=settings.simulated,
-                  recorder=recorder, replay=player)
+                  recorder=recorder, replay=player, bus=bus)
     rest = RestForwarder(proxy, reactor, settings.data_rest_url, settings.trading_rest_url,
                          rate=settings.rest_rate, queue_timeout=settings.rest_queue_timeout,
                          timeout=settings.rest_timeout, trust_root=settings.trust_root,
@@ -294,6 +316,12 @@ class HangupService(Service):
         self._reactor.callFromThread(self._reactor.stop)
 
 
+def _asyncio_reactor(reactor: Any) -> bool:
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return isinstance(reactor, AsyncioSelectorReactor)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """Simulator (with ``--simulate``), upstream pool and local listener, in that order."""
     if reactor is None:
@@ -309,7 +337,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     else:
         urls = (lambda: options["data-url"], lambda: options["trading-url"],
                 lambda: options["polygon-url"])
+    if options["bus-servers"] and not _asyncio_reactor(reactor):
+        raise SystemExit("alpaca-proxy: --bus needs Twisted's asyncio reactor: start it with"
+                         " `twistd -r asyncio -n alpaca-proxy ...` (the alpaca-proxy command"
+                         " chooses it by itself)")
     built = build(Settings.from_options(options, *urls), reactor)
+    if built.bus is not None:
+        built.bus.setName("bus")
+        built.bus.setServiceParent(top)  # before the pool: leases go before the bus does
     if built.recorder is not None:
         built.recorder.setName("recorder")
         built.recorder.setServiceParent(top)  # before the pool: it stops after it

@@ -83,3 +83,19 @@ def unhealthy_reasons(sessions: Iterable[Any]) -> list[str]:
     return ["%s (%s): %s%s" % (session.stream.path, session.credentials.key, session.state,
                                ": " + session.last_error if session.last_error else "")
             for session in sessions if session.state != "ready"]
+
+
+def cluster(bus: Any, sessions: Iterable[Any], now: float) -> dict[str, Any]:
+    """With --bus: this node, the nodes seen on the bus, and who holds each upstream."""
+    return {
+        "node": bus.node,
+        "connected": bus.connected,
+        "lease_ttl": bus.lease_ttl,
+        "reconnects": bus.reconnects,
+        "lease_changes": bus.lease_changes,
+        "nodes": sorted(({"node": name, "holding": info.get("holding", []),
+                          "seen_ago": round(now - info.get("seen", now), 1)}
+                         for name, info in bus.nodes.items()), key=lambda n: n["node"]),
+        "upstreams": [session.link.snapshot() for session in sessions
+                      if hasattr(session.link, "snapshot")],
+    }

@@ -26,7 +26,7 @@ from alpaca_proxy.codec import to_json
 from alpaca_proxy.logs import short
 from alpaca_proxy.rest import MAX_BODY
 from alpaca_proxy.metrics import registry_for
-from alpaca_proxy.status import healthy, snapshot, unhealthy_reasons
+from alpaca_proxy.status import cluster, healthy, snapshot, unhealthy_reasons
 
 
 _PAGE = resources.files("alpaca_proxy").joinpath("status.html").read_bytes()
@@ -118,6 +118,8 @@ class StreamsResource(Resource):
             body["replay"] = proxy.replay.snapshot() if proxy.replay is not None else None
             body["recording"] = (proxy.recorder.snapshot() if proxy.recorder is not None
                                  else None)
+            body["cluster"] = (cluster(proxy.bus, proxy.pool.sessions, proxy.clock.seconds())
+                               if proxy.bus is not None else None)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return to_json(body)

@@ -16,7 +16,8 @@ fingerprint as the public half (``dialects.polygon.credentials_for``).
 
 Each session gets its link here (``_open``): the one place that knows which
 kind of link serves which stream (a provider's websocket, with the recorder's
-tap under ``--record``; or the recording under ``--replay``).
+tap under ``--record``; the recording under ``--replay``; under ``--bus`` a
+clustered link that dials only while this node holds the lease).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from alpaca_proxy.refusal import AUTH_FAILED, CONNECTION_LIMIT, Refused
 from alpaca_proxy.streams import POLYGON, TRADING, Stream
 from alpaca_proxy.upstream.alpaca_data import AlpacaDataLink
 from alpaca_proxy.upstream.alpaca_trading import TradingLink, TradingSession
+from alpaca_proxy.upstream.clustered import ClusteredLink
 from alpaca_proxy.upstream.link import Liveness
 from alpaca_proxy.upstream.polygon import PolygonLink
 from alpaca_proxy.upstream.replay import replay_link
@@ -83,6 +85,8 @@ class UpstreamPool(MultiService):
         on_trade_update: Callable[[str], None] | None = None,
         recorder: Any = None,
         player: Any = None,
+        bus: Any = None,
+        bus_symbols: bool = False,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -114,6 +118,9 @@ class UpstreamPool(MultiService):
         self._recorder = recorder
         #: Plays a recording instead of dialling upstream (``recording.player.Player``).
         self._player = player
+        #: Shares each upstream with other nodes (``cluster.bus.Bus``), with ``--bus``.
+        self._bus = bus
+        self._bus_symbols = bus_symbols
 
     @property
     def accounts(self) -> Mapping[str, Credentials] | None:
@@ -246,10 +253,20 @@ class UpstreamPool(MultiService):
             if stream.kind == TRADING:
                 session.on_listen = session.link.listened
         else:
-            session.link = link_class(session, stream, credentials, url, self._reactor,
-                                      self._clock, self._liveness, self._trust_root, **options)
-            if self._recorder is not None and self._recorder.wants(stream):
-                session.link.tap = self._recorder.tap(stream)
+            def upstream(receiver: Any) -> Any:
+                link = link_class(receiver, stream, credentials, url, self._reactor,
+                                  self._clock, self._liveness, self._trust_root, **options)
+                if self._recorder is not None and self._recorder.wants(stream):
+                    link.tap = self._recorder.tap(stream)
+                return link
+
+            if self._bus is None:
+                session.link = upstream(session)
+            else:  # the lease decides which node dials; the others follow it
+                session.link = ClusteredLink(session, stream, credentials, self._bus,
+                                             self._clock, upstream,
+                                             dialect=getattr(session, "dialect", None),
+                                             symbol_feed=self._bus_symbols)
         session.on_refused = self._refused
         session.upstream_judges = (self._polygon_accounts if stream.kind == POLYGON
                                    else self._accounts) is None

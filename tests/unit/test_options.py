@@ -65,6 +65,12 @@ DEFAULTS = {
     "replay-to": None,
     "replay-loop": 0,
     "replay-shift": 0,
+    "bus": None,
+    "bus-servers": None,
+    "bus-creds": None,
+    "node-name": None,
+    "lease-ttl": 5.0,
+    "bus-symbols": 0,
 }
 
 
