@@ -129,7 +129,7 @@ class Bus(Service):
             except BucketNotFoundError:
                 try:
                     bucket = await js.create_key_value(KeyValueConfig(
-                        bucket=name, ttl=ttl, history=1, storage=StorageType.MEMORY))
+                        bucket=name, ttl=ttl, history=1, storage=StorageType.FILE))
                 except Exception:  # another node created it meanwhile
                     bucket = await js.key_value(name)
             setattr(self, attribute, bucket)
@@ -143,6 +143,16 @@ class Bus(Service):
     async def _reconnected(self) -> None:
         self.reconnects += 1
         self._log.info("bus: reconnected")
+        while self.running and self._nc is not None and self._nc.is_connected:
+            try:
+                await self._buckets()  # a server restarted without its store has none
+                break
+            except Exception as problem:
+                self._log.warn("bus: reconnected, but the key-value buckets are unavailable:"
+                               " {error}", error=str(problem) or type(problem).__name__)
+                await asyncio.sleep(RETRY_WAIT)
+        else:
+            return
         self._set_connected(True)
 
     async def _error(self, problem: Exception) -> None:

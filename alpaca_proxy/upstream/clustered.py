@@ -153,6 +153,8 @@ class ClusteredLink(Service):
         self._asked: deque[list] = deque()
         self._generation = 0
         self._busy = False
+        #: (holder, since) of a lease whose holder stopped answering.
+        self._silent: tuple[Any, Any] = (None, None)
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
 
@@ -237,6 +239,8 @@ class ClusteredLink(Service):
             return  # our own lease from before a restart: it expires, then we take it
         if self.role == "follower" and holder == self.holder:
             return
+        if (holder, since) == self._silent:
+            return  # it stopped answering: wait for its lease to expire, then take it
         self.holder, self.holder_since = holder, since
         self._log.info("bus: {path} ({key}) is held by {holder}; following",
                        path=self.stream.path, key=self.credentials.key, holder=holder)
@@ -337,8 +341,10 @@ class ClusteredLink(Service):
 
     def _holder_silent(self, failure: Any, generation: int) -> None:
         if generation == self._generation and self.role == "follower":
-            self._log.info("bus: the holder of {path} does not answer ({error})",
+            self._log.info("bus: {holder}, holding {path}, does not answer ({error}); taking"
+                           " over once its lease expires", holder=self.holder,
                            path=self.stream.path, error=failure.getErrorMessage())
+            self._silent = (self.holder, self.holder_since)
             self._become("contending")
 
     def _frame(self, data: bytes, reply: Any) -> None:
