@@ -19,13 +19,14 @@ _SESSION = ["endpoint", "account"]
 
 class ProxyCollector(Collector):
     def __init__(self, pool: Any, clients: Any, stats: Any, rest: Any = None,
-                 recorder: Any = None, replay: Any = None) -> None:
+                 recorder: Any = None, replay: Any = None, bus: Any = None) -> None:
         self._pool = pool
         self._clients = clients
         self._stats = stats
         self._rest = rest
         self._recorder = recorder
         self._replay = replay
+        self._bus = bus
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("alpaca_proxy_upstream_up",
@@ -94,6 +95,24 @@ class ProxyCollector(Collector):
             yield CounterMetricFamily("alpaca_proxy_recording_failed_writes",
                                       "Recording blocks that could not be written",
                                       value=recorder.failed_writes)
+        if self._bus is not None:
+            bus = self._bus
+            yield GaugeMetricFamily("alpaca_proxy_bus_connected",
+                                    "1 while this node is connected to the bus",
+                                    value=1 if bus.connected else 0)
+            yield CounterMetricFamily("alpaca_proxy_bus_reconnects",
+                                      "Times the bus connection came back", value=bus.reconnects)
+            yield CounterMetricFamily("alpaca_proxy_lease_changes",
+                                      "Upstream leases this node took or gave up",
+                                      value=bus.lease_changes)
+            held = GaugeMetricFamily("alpaca_proxy_upstream_held",
+                                     "1 while this node holds the upstream's lease",
+                                     labels=_SESSION)
+            for session in self._pool.sessions:
+                role = getattr(session.link, "role", None)
+                held.add_metric([session.stream.path, session.credentials.key],
+                                1 if role == "holder" else 0)
+            yield held
         if self._replay is not None:
             position = self._replay.position_ns
             yield GaugeMetricFamily("alpaca_proxy_replay_position_seconds",
@@ -130,7 +149,7 @@ class ProxyCollector(Collector):
 
 
 def registry_for(pool: Any, clients: Any, stats: Any, rest: Any = None,
-                 recorder: Any = None, replay: Any = None) -> CollectorRegistry:
+                 recorder: Any = None, replay: Any = None, bus: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(pool, clients, stats, rest, recorder, replay))
+    registry.register(ProxyCollector(pool, clients, stats, rest, recorder, replay, bus))
     return registry

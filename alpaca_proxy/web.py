@@ -52,7 +52,8 @@ class StreamsResource(Resource):
         self._trading = WebSocketResource(trading)
         self._polygon = WebSocketResource(polygon)
         self._metrics = MetricsResource(registry_for(proxy.pool, proxy.clients, proxy.stats,
-                                                     rest, proxy.recorder, proxy.replay))
+                                                     rest, proxy.recorder, proxy.replay,
+                                                     proxy.bus))
 
     def render(self, request: Any) -> bytes:
         host = request.getHeader(b"host")

@@ -88,6 +88,21 @@ class StartupErrorTests(TestCase):
         self.assert_one_line(run(command() + ["--record", os.path.join(blocked, "sub")]),
                              "--record", "cannot create")
 
+    def test_bus_mistakes(self):
+        """--bus: another reactor, no accounts, a bad URL: one line each, saying what to do."""
+        keys = {"APCA_API_KEY_ID": "PK1", "APCA_API_SECRET_KEY": "s"}
+        result = run(TWISTD + ["--bus", "nats://127.0.0.1:1"], keys)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("twistd -r asyncio", result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assert_one_line(run(command() + ["--bus", "nats://127.0.0.1:1"]),
+                             "needs configured accounts")
+        self.assert_one_line(run(command() + ["--bus", "redis://u:hunter2@x"], keys),
+                             "not a nats:// or tls:// URL")
+        self.assertNotIn("hunter2", run(command() + ["--bus", "redis://u:hunter2@x"],
+                                        keys).stderr)
+        self.assert_one_line(run(command() + ["--node-name", "a"]), "needs --bus")
+
     def test_permission_denied(self):
         """A privileged port without the privilege: one line saying so."""
         if os.geteuid() == 0:

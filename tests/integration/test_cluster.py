@@ -29,6 +29,24 @@ from alpaca_proxy.simulator.alpaca import FakeAlpacaFactory
 from tests.support import KEY, SECRET, T0, login
 
 TTL = 2.0
+#: Any NATS client reads one symbol's trades (--bus-symbols): prints the first one.
+SYMBOL_READER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    got = asyncio.get_running_loop().create_future()
+    async def first(msg):
+        if not got.done():
+            got.set_result((msg.subject, msg.data))
+    await nc.subscribe(sys.argv[2], cb=first)
+    await nc.flush()
+    print("ready", flush=True)
+    subject, data = await asyncio.wait_for(got, 60)
+    print(subject)
+    print(data.decode())
+    await nc.close()
+asyncio.run(main())
+"""
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-r",
           "asyncio", "-n", "--pidfile=", "alpaca-proxy"]
 
@@ -51,6 +69,20 @@ def nats_server() -> str:
 def trade(symbol: str, price: float) -> dict:
     return {"T": "t", "S": symbol, "i": 1, "x": "V", "p": price, "s": 100, "c": ["@"],
             "z": "C", "t": T0}
+
+
+@defer.inlineCallbacks
+def login_trading(port: int):
+    """A trading-stream client that authenticated and listens to trade updates."""
+    from tests.support import connect
+
+    client = yield connect(port, "/stream", clock=reactor)
+    client.send({"action": "auth", "key": KEY, "secret": SECRET})
+    reply = yield client.next()
+    assert reply["data"]["status"] == "authorized", reply
+    client.send({"action": "listen", "data": {"streams": ["trade_updates"]}})
+    yield client.next()
+    return client
 
 
 @defer.inlineCallbacks
@@ -123,8 +155,9 @@ class ClusterTests(TestCase):
         environ.update(APCA_API_KEY_ID=KEY, APCA_API_SECRET_KEY=SECRET)
         process = subprocess.Popen(TWISTD + [
             "--bus", "nats://127.0.0.1:%d" % self.nats_port, "--node-name", name,
-            "--lease-ttl", str(TTL), "--linger", "60",
+            "--lease-ttl", str(TTL), "--linger", "60", "--bus-symbols",
             "--data-url", "ws://127.0.0.1:%d" % self.upstream_port.getHost().port,
+            "--trading-url", "ws://127.0.0.1:%d" % self.upstream_port.getHost().port,
             "--listen", "tcp:%d:interface=127.0.0.1" % port],
             stdout=log, stderr=log, env=environ, cwd=self.folder)
         log.close()
@@ -160,6 +193,11 @@ class ClusterTests(TestCase):
                 if upstream["role"] == "holder":
                     return name
         return None
+
+    def data_connections_ever(self) -> int:
+        """Connections ever opened to /v2/iex (open or closed since)."""
+        return len([c for c in self.upstream.connections + self.upstream.closed
+                    if c.path == "/v2/iex"])
 
     def upstream_union(self):
         live = [c for c in self.upstream.authenticated("/v2/iex")
@@ -215,12 +253,53 @@ class ClusterTests(TestCase):
         m = yield self.subscribe("n2", "MSFT")
         t = yield self.subscribe("n3", "TSLA", "AAPL")
         clients = {a: {"AAPL"}, m: {"MSFT"}, t: {"TSLA", "AAPL"}}
-        # One connection upstream, subscribed to the union; each client its own symbols.
+        # One connection upstream, subscribed to the union; each client its own symbols;
+        # any NATS client reads a symbol's trades as Alpaca's JSON.
         yield until(lambda: self.upstream_union() == {"AAPL", "MSFT", "TSLA"}, 20)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", SYMBOL_READER, "nats://127.0.0.1:%d" % self.nats_port,
+             "alpaca.v2-iex.trades.MSFT"], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: reader.poll() is None and reader.kill())
+        self.assertEqual((yield deferToThread(reader.stdout.readline)).strip(), "ready")
         yield self.data_reaches(clients, 10)
+        subject = yield deferToThread(reader.stdout.readline)
+        message = json.loads((yield deferToThread(reader.stdout.readline)))
+        self.assertEqual(subject.strip(), "alpaca.v2-iex.trades.MSFT")
+        self.assertEqual((message["T"], message["S"], message["p"]), ("t", "MSFT", 1.0))
         self.assertEqual(len(self.upstream.authenticated("/v2/iex")), 1)
         first = yield self.holder()
         self.assertIn(first, self.nodes)
+        statuses = yield defer.gatherResults([self.status(n) for n in self.nodes])
+        roles = sorted(u["role"] for st in statuses for u in st["cluster"]["upstreams"])
+        self.assertEqual(roles, ["follower", "follower", "holder"])
+        for st in statuses:
+            self.assertEqual({u["holder"] for u in st["cluster"]["upstreams"]}, {first})
+        metrics = yield deferToThread(lambda: urlopen(
+            "http://127.0.0.1:%d/metrics" % self.nodes[first][1], timeout=5).read().decode())
+        self.assertIn('alpaca_proxy_upstream_held{account="%s",endpoint="/v2/iex"} 1.0'
+                      % (KEY,), metrics)
+
+        # The trading stream is shared the same way: one upstream, every listener.
+        listeners = []
+        for name in self.nodes:
+            listener = yield login_trading(self.nodes[name][1])
+            self.addCleanup(self.close_client, listener)
+            listeners.append(listener)
+        yield until(lambda: len([c for c in self.upstream.connections
+                                 if c.kind == "trading" and c.listening]) == 1, 15)
+        fill = {"event": "fill", "order": {"symbol": "MSFT"}, "timestamp": "2026-12-02T15:00:00Z"}
+        got = []
+        pump = LoopingCall(lambda: self.upstream.trade_update(fill))
+        pump.start(0.2)
+        try:
+            for listener in listeners:
+                event = yield listener.next()
+                got.append(event)
+        finally:
+            pump.stop()
+        self.assertEqual([e["data"]["event"] for e in got], ["fill"] * 3)
+        self.assertEqual(len([c for c in self.upstream.connections if c.kind == "trading"
+                              and c.transport is not None and c.transport.connected]), 1)
 
         # kill -9 the holder: another node takes over within TTL + 5 s.
         survivors = {c: s for c, s in clients.items()
@@ -237,11 +316,11 @@ class ClusterTests(TestCase):
         yield until(lambda: self.upstream_union() == wanted, 10)
 
         # The killed node comes back: it follows, no second upstream connection.
-        handshakes = self.upstream.handshakes
+        opened = self.data_connections_ever()
         yield self.start_node(first, self.nodes[first][1])
         back = yield self.subscribe(first, "NVDA")
         yield until(lambda: self.upstream_union() == wanted | {"NVDA"}, 15)
-        self.assertEqual(self.upstream.handshakes, handshakes)
+        self.assertEqual(self.data_connections_ever(), opened)
         clients = {**survivors, back: {"NVDA"}}
         yield self.data_reaches(clients, 10)
 
