@@ -65,6 +65,7 @@ ENVIRONMENT = {
     "bus-creds": "ALPACA_PROXY_BUS_CREDS",
     "node-name": "ALPACA_PROXY_NODE_NAME",
     "lease-ttl": "ALPACA_PROXY_LEASE_TTL",
+    "bus-replicas": "ALPACA_PROXY_BUS_REPLICAS",
 }
 #: flag name -> environment variable (true, yes, 1 or on sets it)
 FLAG_ENVIRONMENT = {
@@ -208,6 +209,10 @@ class Options(usage.Options):
          "With --bus: a NATS credentials file (.creds) [env ALPACA_PROXY_BUS_CREDS]."],
         ["node-name", None, None,
          "With --bus: this node's name; default host:pid [env ALPACA_PROXY_NODE_NAME]."],
+        ["bus-replicas", None, 1,
+         "With --bus: copies JetStream keeps of the lease buckets when it creates them (3 on"
+         " a three-server NATS cluster, so leases outlive one server)"
+         " [env ALPACA_PROXY_BUS_REPLICAS]."],
         ["lease-ttl", None, 5.0,
          "With --bus: seconds an upstream's lease outlives its holder's last renewal"
          " (renewed every quarter of it) [env ALPACA_PROXY_LEASE_TTL]."],
@@ -372,6 +377,7 @@ class Options(usage.Options):
     def _bus_options(self) -> None:
         """--bus: URLs checked, accounts required; the other bus options need it."""
         self["lease-ttl"] = _number(self._source("lease-ttl"), self["lease-ttl"], 1.0)
+        self["bus-replicas"] = int(_number(self._source("bus-replicas"), self["bus-replicas"], 1))
         if not self["bus"]:
             for name in ("bus-creds", "node-name", "bus-symbols"):
                 if self[name]:

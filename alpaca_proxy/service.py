@@ -93,6 +93,7 @@ class Settings:
     node_name: str | None = None
     lease_ttl: float = 5.0
     bus_symbols: bool = False
+    bus_replicas: int = 1
 
     @classmethod
     def from_options(cls, options: Options, data_url: Callable[[], str],
@@ -134,6 +135,7 @@ class Settings:
             bus=tuple(options["bus-servers"]) if options["bus-servers"] else None,
             bus_creds=options["bus-creds"], node_name=options["node-name"],
             lease_ttl=options["lease-ttl"], bus_symbols=bool(options["bus-symbols"]),
+            bus_replicas=options["bus-replicas"],
         )
 
 
@@ -191,7 +193,8 @@ def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None)
         from alpaca_proxy.cluster.bus import Bus, default_node_name  # nats only with --bus
 
         bus = Bus(list(settings.bus), settings.node_name or default_node_name(),
-                  settings.lease_ttl, clock, creds=settings.bus_creds)
+                  settings.lease_ttl, clock, creds=settings.bus_creds,
+                  replicas=settings.bus_replicas)
     pool = UpstreamPool(reactor, settings.data_url, accounts=settings.accounts,
                         trading_url=settings.trading_url, linger=settings.linger, clock=clock,
                         liveness=settings.liveness, trust_root=settings.trust_root,

@@ -47,8 +47,9 @@ class Bus(Service):
     _log = Logger()
 
     def __init__(self, servers: list[str], node: str, lease_ttl: float, clock: Any,
-                 creds: str | None = None) -> None:
+                 creds: str | None = None, replicas: int = 1) -> None:
         self.servers = servers
+        self.replicas = replicas
         self.node = node
         self.lease_ttl = lease_ttl
         self.creds = creds
@@ -129,7 +130,8 @@ class Bus(Service):
             except BucketNotFoundError:
                 try:
                     bucket = await js.create_key_value(KeyValueConfig(
-                        bucket=name, ttl=ttl, history=1, storage=StorageType.FILE))
+                        bucket=name, ttl=ttl, history=1, storage=StorageType.FILE,
+                        replicas=self.replicas))
                 except Exception:  # another node created it meanwhile
                     bucket = await js.key_value(name)
             setattr(self, attribute, bucket)

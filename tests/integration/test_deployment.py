@@ -29,12 +29,14 @@ class DeploymentTests(SynchronousTestCase):
         folder = Path(self.mktemp())
         folder.mkdir()
         twistd = shutil.which("twistd") or str(Path(sys.executable).parent / "twistd")
-        for name in ("alpaca-proxy.service", "alpaca-proxy.socket"):
+        for name in ("alpaca-proxy.service", "alpaca-proxy.socket",
+                     "alpaca-proxy-cluster.service"):
             text = (ROOT / "contrib" / "systemd" / name).read_text()
             # verify checks that ExecStart exists: point it at this machine's twistd.
             (folder / name).write_text(text.replace("/usr/local/bin/twistd", twistd))
         result = subprocess.run([analyze, "verify", str(folder / "alpaca-proxy.service"),
-                                 str(folder / "alpaca-proxy.socket")],
+                                 str(folder / "alpaca-proxy.socket"),
+                                 str(folder / "alpaca-proxy-cluster.service")],
                                 capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertNotIn("alpaca-proxy", result.stderr)

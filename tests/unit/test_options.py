@@ -70,6 +70,7 @@ DEFAULTS = {
     "bus-creds": None,
     "node-name": None,
     "lease-ttl": 5.0,
+    "bus-replicas": 1,
     "bus-symbols": 0,
 }
 
