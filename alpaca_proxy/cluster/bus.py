@@ -41,6 +41,39 @@ def _later(coroutine: Awaitable[Any]) -> Deferred:
     return Deferred.fromFuture(asyncio.ensure_future(coroutine))
 
 
+def _eagerly(coroutine: Any) -> None:
+    """Run a coroutine now, as far as it goes without waiting; the rest as a task.
+
+    nats-py's ``publish`` only appends to its buffer and wakes its flusher, without
+    waiting, unless the buffer is full: one publish per message (``--bus-symbols``)
+    must not cost an asyncio task each.
+    """
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        return  # a closed or draining connection: the frame is dropped, as offline
+    asyncio.ensure_future(_resume(coroutine, waiting))
+
+
+async def _resume(coroutine: Any, waiting: Any) -> None:
+    """Drive a coroutine that stopped at ``waiting`` (a future) to its end."""
+    while True:
+        try:
+            value = await waiting
+        except BaseException as problem:  # passed into the coroutine, as a task would
+            try:
+                waiting = coroutine.throw(problem)
+            except (StopIteration, Exception):
+                return
+            continue
+        try:
+            waiting = coroutine.send(value)
+        except (StopIteration, Exception):
+            return
+
+
 class Bus(Service):
     """One node's connection to the cluster."""
 
@@ -265,7 +298,7 @@ class Bus(Service):
         """Fire and forget; nothing is queued while the bus is away (stale market data
         is worse than a gap)."""
         if self.connected and self._nc is not None:
-            _later(self._nc.publish(subject, data)).addErrback(lambda _: None)
+            _eagerly(self._nc.publish(subject, data))
 
     def subscribe(self, subject: str, callback: Callable[[bytes, Any], None]) -> Any:
         """``callback(data, reply)``: ``reply(bytes)`` answers a request (None if none).
