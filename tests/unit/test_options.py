@@ -237,6 +237,21 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual([s.name for s in makeService(options, MemoryReactor())],
                          ["upstreams", "listener", "hangup"])
 
+    def test_no_nats_without_bus(self):
+        """Without --bus the service is built without importing nats or the asyncio
+        reactor (a fresh interpreter, as twistd starts)."""
+        code = ("import sys\n"
+                "from twisted.internet.testing import MemoryReactor\n"
+                "from alpaca_proxy.options import Options\n"
+                "from alpaca_proxy.service import makeService\n"
+                "options = Options(environ={}); options.parseOptions([])\n"
+                "makeService(options, MemoryReactor())\n"
+                "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')"
+                " or m == 'twisted.internet.asyncioreactor'))\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "[]")
+
     def test_twistd_help_lists_every_option(self):
         """``twistd alpaca-proxy --help`` works and names every option."""
         result = subprocess.run(
