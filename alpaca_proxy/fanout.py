@@ -65,7 +65,8 @@ def deliver(elements: Sequence[codec.Element], routed: Mapping[Any, list[int]]) 
 def snapshot(client: Any, elements: Sequence[codec.Element]) -> None:
     """Messages for one client alone (whole order books for a late joiner)."""
     if client.encoding is None:
-        return  # another node (--bus): it keeps its own books from the frames
+        client.keep_books([element.raw for element in elements])  # another node (--bus)
+        return
     for payload in client.encoding.frames(elements):
         client.send_prepared(client.prepare(payload, client.encoding.binary))
 

@@ -42,6 +42,13 @@ from alpaca_proxy.upstream.link import IDataReceiver, IEventReceiver, ILink
 from alpaca_proxy.upstream.replay import data_elements, trading_events
 from alpaca_proxy.upstream.session import ACK_DEADLINE
 
+def _array(raws: list[bytes]) -> bytes:
+    """A MessagePack array of already-encoded elements."""
+    count = len(raws)
+    head = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+    return head + b"".join(raws)
+
+
 #: A request to the holder not answered in this long counts as the holder lost.
 REQUEST_TIMEOUT = ACK_DEADLINE * 2
 
@@ -49,31 +56,56 @@ REQUEST_TIMEOUT = ACK_DEADLINE * 2
 class RemoteNode:
     """Another node, as one client of the holder's router: its state is that node's
     interest; acks and refusals become replies to its requests; data reaches it over
-    the bus once per frame, so the fan-out skips it (no encoding)."""
+    the bus once per frame, so the fan-out skips it (no encoding).
+
+    Whole order books the router hands a joining client (``fanout.snapshot``) ride on
+    the ack's reply: the other node passes them to its clients right after the ack,
+    as Alpaca sends a whole book after acknowledging a subscription.
+    """
 
     encoding = None
     client_id = 0
     peer_name = None
     messages_sent = 0
 
-    def __init__(self, name: str, now: float) -> None:
+    def __init__(self, name: str, clock: Any) -> None:
         self.name = name
-        self.seen = now
+        self.clock = clock
+        self.seen = clock.seconds()
         self.replies: deque[Callable[[bytes], None] | None] = deque()
+        #: The last ack, held back until the router has added any whole books to it.
+        self._ack: tuple[Any, dict] | None = None
+        self.books: list[bytes] = []
 
     def __repr__(self) -> str:
         return "<RemoteNode %s>" % (self.name,)
 
     def acknowledge(self, state: Any) -> None:
-        self._answer({"ack": sorted(keys_of(state))})
+        self.flush()
+        self._ack = (self.replies.popleft() if self.replies else None,
+                     {"ack": sorted(keys_of(state))})
+        self.clock.callLater(0, self.flush)  # after the router's books for this ack
+
+    def keep_books(self, raws: list[bytes]) -> None:
+        """Whole books for the ack just given (``fanout.snapshot``)."""
+        self.books.extend(raws)
+
+    def flush(self) -> None:
+        """Send the held-back ack, with the books that came after it."""
+        if self._ack is None:
+            return
+        reply, answer = self._ack
+        self._ack = None
+        if self.books:
+            answer["books"], self.books = self.books, []
+        if reply is not None:
+            reply(codec.to_msgpack(answer))
 
     def refuse(self, code: int) -> None:
-        self._answer({"refused": code})
-
-    def _answer(self, message: dict) -> None:
+        self.flush()
         reply = self.replies.popleft() if self.replies else None
         if reply is not None:
-            reply(codec.to_json(message))
+            reply(codec.to_msgpack({"refused": code}))
 
     def notice(self, message: dict) -> None:
         """Upstream's notices reach the holder's own clients only."""
@@ -389,8 +421,12 @@ class ClusteredLink(Service):
                 answer = self._asked.popleft()[0]
                 if "refused" in answer:
                     self.receiver.request_refused(answer["refused"])
-                else:
-                    self.receiver.acked({tuple(key) for key in answer.get("ack", ())})
+                    continue
+                self.receiver.acked({tuple(key) for key in answer.get("ack", ())})
+                books = [raw for raw in answer.get("books", ()) if isinstance(raw, bytes)]
+                if books:  # whole books, after the ack, as upstream sends them
+                    frame = _array(books)
+                    self.receiver.received(codec.split_frame(frame), len(frame))
 
         self.bus.request(self._changes, codec.to_json(request), REQUEST_TIMEOUT).addCallbacks(
             answered, self._holder_silent, errbackArgs=(generation,))
@@ -422,7 +458,7 @@ class ClusteredLink(Service):
             self._detach(remote)  # it starts over: whatever it held before is gone
             remote = None
         if remote is None:
-            remote = self._remotes[node] = RemoteNode(node, now)
+            remote = self._remotes[node] = RemoteNode(node, self.clock)
             self.receiver.attach(remote)
         remote.seen = now
         if op == "change" and hasattr(self.receiver, "request"):
@@ -433,6 +469,7 @@ class ClusteredLink(Service):
             self.receiver.request(remote, Change(
                 "subscribe" if request.get("action") == "subscribe" else "unsubscribe",
                 {channel: tuple(symbols) for channel, symbols in channels.items()}))
+            remote.flush()  # an immediate ack (and its books) goes now
         elif reply is not None:
             reply(codec.to_json({"ok": True, "holder": self.bus.node}))
 

@@ -17,7 +17,7 @@ from alpaca_proxy import codec
 from alpaca_proxy.cluster import LeaseTaken
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS
-from alpaca_proxy.streams import STOCKS, Stream
+from alpaca_proxy.streams import CRYPTO, STOCKS, Stream
 from alpaca_proxy.subscriptions import Change
 from alpaca_proxy.upstream.clustered import ClusteredLink
 from alpaca_proxy.upstream.session import DataSession
@@ -233,13 +233,14 @@ class ClusteredLinkTests(SynchronousTestCase):
         self.upstream_log: list = []
         self.nodes: dict[str, tuple[DataSession, ClusteredLink, FakeBus]] = {}
 
-    def node(self, name: str) -> tuple[DataSession, ClusteredLink, FakeBus]:
+    def node(self, name: str, stream: Stream = IEX) -> tuple[DataSession, ClusteredLink, FakeBus]:
         bus = FakeBus(self.cluster, name)
-        session = DataSession(IEX, PAIR, self.clock, DIALECTS[STOCKS])
-        link = ClusteredLink(session, IEX, PAIR, bus, self.clock,
+        dialect = DIALECTS[stream.kind]
+        session = DataSession(stream, PAIR, self.clock, dialect)
+        link = ClusteredLink(session, stream, PAIR, bus, self.clock,
                              lambda receiver: ScriptedUpstream(receiver, self.clock,
                                                                self.upstream_log),
-                             dialect=DIALECTS[STOCKS])
+                             dialect=dialect)
         session.link = link
         link.startService()
         self.addCleanup(lambda: link.running and link.stopService())
@@ -254,12 +255,34 @@ class ClusteredLinkTests(SynchronousTestCase):
     def running_upstreams(self) -> list:
         return [u for kind, u in self.upstream_log if kind == "up" and u.running]
 
-    def subscribe(self, session: DataSession, *symbols: str) -> FakeClient:
+    def subscribe(self, session: DataSession, *symbols: str,
+                  channel: str = "trades") -> FakeClient:
         client = FakeClient()
         session.attach(client)
-        session.request(client, Change("subscribe", {"trades": symbols}))
+        session.request(client, Change("subscribe", {channel: symbols}))
         self.turns()
         return client
+
+    def test_a_follower_joining_a_streamed_book_gets_it_whole(self) -> None:
+        """Whole books travel with the holder's ack: a client on another node that joins
+        a crypto book the upstream already streams gets it whole first, as from Alpaca."""
+        crypto = Stream(CRYPTO, "/v1beta3/crypto/us")
+        sa, la, _ = self.node("a", crypto)
+        sb, lb, _ = self.node("b", crypto)
+        self.subscribe(sa, "BTC/USD", channel="orderbooks")
+        [upstream] = self.running_upstreams()
+        upstream.inject([{"T": "o", "S": "BTC/USD", "t": 1, "r": True,
+                          "b": [{"p": 100.0, "s": 1.0}], "a": [{"p": 101.0, "s": 2.0}]}])
+        upstream.inject([{"T": "o", "S": "BTC/USD", "t": 2, "b": [{"p": 99.0, "s": 3.0}],
+                          "a": []}])
+        self.turns()
+        late = self.subscribe(sb, "BTC/USD", channel="orderbooks")
+        [state] = late.acks
+        self.assertEqual(list(state["orderbooks"]), ["BTC/USD"])
+        [book] = [m for frame in late.frames for m in codec.decode(frame)]
+        self.assertEqual(book["r"], True)
+        self.assertEqual(book["b"], [{"p": 100.0, "s": 1.0}, {"p": 99.0, "s": 3.0}])
+        self.assertEqual(book["a"], [{"p": 101.0, "s": 2.0}])
 
     def test_a_holder_and_a_follower_share_one_upstream(self) -> None:
         """One node dials; the other's subscriptions join the union through it; each
