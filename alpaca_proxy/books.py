@@ -17,13 +17,18 @@ class OrderBooks:
         self._books: dict[str, dict[str, Any]] = {}
 
     def apply(self, message: Mapping[str, Any]) -> None:
-        """Fold one ``o`` message in: ``r`` replaces the book, size 0 deletes a level."""
+        """Fold one ``o`` message in: ``r`` replaces the book, size 0 deletes a level;
+        updates to a book not yet seen whole are left out."""
         symbol = message.get("S")
         if not isinstance(symbol, str):
             return
         book = self._books.get(symbol)
-        if book is None or message.get("r"):
+        if message.get("r"):
             book = self._books[symbol] = {"b": {}, "a": {}, "t": None}
+        elif book is None:
+            # Updates to a book never seen whole (a replay from the middle of a
+            # recording): a snapshot of them would claim a whole book that is not.
+            return
         for side in ("b", "a"):
             for level in message.get(side) or ():
                 if not isinstance(level, Mapping):

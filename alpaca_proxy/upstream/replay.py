@@ -1,7 +1,8 @@
 """Links to a recording instead of a provider (``--replay``).
 
 A replay link is up (authenticated) at once, acknowledges every change with
-what it holds, as upstream would, and plays the frames the player hands it: a
+what it holds, as upstream would (then sends a newly subscribed crypto book
+whole, from the books it keeps of every frame played), and plays the frames the player hands it: a
 market-data frame is split as the live link splits it (MessagePack elements
 keep their recorded bytes), its control messages (the recorded session's own
 welcome, acks and errors) are dropped, and its data goes to the session, which
@@ -22,7 +23,8 @@ from zope.interface import implementer
 from alpaca_proxy import codec
 from alpaca_proxy.dialects import alpaca_data, alpaca_trading, polygon
 from alpaca_proxy.recording.fileformat import Frame
-from alpaca_proxy.streams import POLYGON, TRADING, Stream
+from alpaca_proxy.books import OrderBooks
+from alpaca_proxy.streams import CRYPTO, POLYGON, TRADING, Stream
 from alpaca_proxy.subscriptions import Key
 from alpaca_proxy.upstream.alpaca_data import AlpacaDataLink
 from alpaca_proxy.upstream.link import ILink
@@ -44,6 +46,9 @@ class ReplayLink(Service):
         #: What this link holds "upstream": every key subscribed and not unsubscribed.
         self._holding: set[Key] = set()
         self._calls: list[Any] = []
+        #: Crypto books from every frame played, subscribed or not: a client that
+        #: subscribes to a book gets it whole first, as from Alpaca.
+        self.books = OrderBooks()
         self._shifted: Callable[[dict, int], dict] = (
             polygon.shifted if stream.kind == POLYGON else alpaca_data.shifted)
 
@@ -58,18 +63,32 @@ class ReplayLink(Service):
     # -- ILink ---------------------------------------------------------------------
 
     def send_change(self, action: str, keys: list[Key]) -> None:
+        added = frozenset(keys) - self._holding if action == "subscribe" else frozenset()
         if action == "subscribe":
             self._holding.update(keys)
         else:
             self._holding.difference_update(keys)
         # Answered on the next turn, as from a socket: the session is mid-request now.
-        self._later(self._acknowledge, frozenset(self._holding), action == "subscribe")
+        self._later(self._acknowledge, frozenset(self._holding), added)
 
-    def _acknowledge(self, holding: frozenset[Key], added: bool) -> None:
-        if self.ready:
-            self.receiver.acked(set(holding))
-            if added:
-                self.player.interest()  # after the ack: clients see acks before data
+    def _acknowledge(self, holding: frozenset[Key], added: frozenset[Key]) -> None:
+        if not self.ready:
+            return
+        self.receiver.acked(set(holding))
+        whole = self._whole_books(added)
+        if whole:  # as Alpaca sends a whole book after acknowledging it
+            self.receiver.received(whole, 0)
+        if added:
+            self.player.interest()  # after the ack: clients see acks before data
+
+    def _whole_books(self, added: frozenset[Key]) -> list[codec.Element]:
+        """Whole books, as far as the recording has shown them, for newly added books."""
+        wanted = sorted(symbol for channel, symbol in added if channel == "orderbooks")
+        symbols: dict[str, None] = {}
+        for symbol in wanted:
+            symbols.update(dict.fromkeys(self.books.symbols() if symbol == "*" else [symbol]))
+        snapshots = [self.books.snapshot(symbol) for symbol in symbols]
+        return [codec.Element.of(snapshot) for snapshot in snapshots if snapshot]
 
     def drop(self) -> None:
         """A recording never goes mute."""
@@ -116,6 +135,10 @@ class ReplayLink(Service):
             data = data_elements(self.stream.kind, frame.payload)
         except codec.DecodeError:
             return  # recorded as upstream sent it; the live link had skipped it too
+        if self.stream.kind == CRYPTO:
+            for element in data:
+                if element.message.get("T") == "o":
+                    self.books.apply(element.message)
         if shift_ns and data:
             data = [self._moved(element.message, shift_ns) for element in data]
         self.receiver.received(data, len(frame.payload))

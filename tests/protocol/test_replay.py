@@ -282,3 +282,45 @@ class ReplayProtocolTests(IosimProxy, SynchronousTestCase):
         data = [e.raw for payload in received[1:] for e in split_frame(payload)]
         self.assertEqual(data, recorded)
 
+
+
+class ReplayBooksTests(SynchronousTestCase):
+    def test_a_book_subscribed_mid_replay_comes_whole_first(self):
+        """As from Alpaca: the ack, then the whole book as the recording has built it."""
+        from alpaca_proxy import codec
+        from alpaca_proxy.streams import CRYPTO
+        from alpaca_proxy.subscriptions import Change
+        from tests.protocol.test_clustered import FakeClient
+
+        crypto = Stream(CRYPTO, "/v1beta3/crypto/us")
+        whole = {"T": "o", "S": "BTC/USD", "t": msgpack.Timestamp(1, 0), "r": True,
+                 "b": [{"p": 100.0, "s": 1.0}], "a": [{"p": 101.0, "s": 2.0}]}
+        update = {"T": "o", "S": "BTC/USD", "t": msgpack.Timestamp(2, 0),
+                  "b": [{"p": 100.0, "s": 0}, {"p": 99.5, "s": 4.0}], "a": []}
+        folder = record(self, [(OPEN, [whole]), (OPEN + 0.1, [update]),
+                               (OPEN + 5, [trade("BTC/USD", 1.0)])], stream=crypto)
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        clock.advance(OPEN + 86400)
+        player = Player(Catalog.open(folder), clock, InlineWorker(), speed=1)
+        player.startService()
+        self.addCleanup(player.stopService)
+        session = DataSession(crypto, PAIR, clock, DIALECTS[CRYPTO])
+        session.link = link = ReplayLink(session, crypto, player, clock)
+        link.startService()
+        clock.advance(0)
+        trades = FakeClient()
+        session.attach(trades)
+        session.request(trades, Change("subscribe", {"trades": ("BTC/USD",)}))
+        for _ in range(5):
+            clock.advance(0.5)  # the book and its update play, nobody subscribed to it
+        books = FakeClient()
+        session.attach(books)
+        session.request(books, Change("subscribe", {"orderbooks": ("BTC/USD",)}))
+        clock.advance(0)
+        clock.advance(0)
+        self.assertEqual(len(books.acks), 1)
+        [book] = [m for frame in books.frames for m in codec.decode(frame)]
+        self.assertEqual((book["r"], book["b"], book["a"]),
+                         (True, [{"p": 99.5, "s": 4.0}], [{"p": 101.0, "s": 2.0}]))

@@ -46,3 +46,15 @@ class JoinHookTests(SynchronousTestCase):
         router.request(b, Change("subscribe", {"orderbooks": ("BTC/USD", "ETH/USD")}))
         router.upstream_acked({("orderbooks", "BTC/USD"), ("orderbooks", "ETH/USD")})
         self.assertEqual(joined, [(b, {("orderbooks", "BTC/USD")})])
+
+
+class PartialBookTests(SynchronousTestCase):
+    def test_updates_before_a_whole_book_are_not_a_book(self):
+        """A replay from the middle of a recording: updates to a book never seen whole
+        make no snapshot (it would claim to be whole); the next whole one does."""
+        books = OrderBooks()
+        books.apply({"T": "o", "S": "BTC/USD", "t": 1, "b": [{"p": 1.0, "s": 1.0}], "a": []})
+        self.assertIsNone(books.snapshot("BTC/USD"))
+        books.apply({"T": "o", "S": "BTC/USD", "t": 2, "r": True,
+                     "b": [{"p": 2.0, "s": 1.0}], "a": []})
+        self.assertEqual(books.snapshot("BTC/USD")["b"], [{"p": 2.0, "s": 1.0}])
