@@ -147,12 +147,30 @@ class Bus(Service):
                 await asyncio.sleep(RETRY_WAIT)
         if not self.running:
             return
-        await self._buckets()
+        if not await self._ensure_buckets():
+            return
         self._log.info("bus: connected to {server} as node {node}",
                        server=_safe(str(self._nc.connected_url.geturl())
                                     if self._nc.connected_url else "?"), node=self.node)
         self._set_connected(True)
         self._announcer.start(max(0.5, self.lease_ttl / 2), now=True)
+
+    async def _ensure_buckets(self) -> bool:
+        """Open (or create) the buckets, retrying while the server cannot serve them."""
+        attempt = 0
+        while self.running and self._nc is not None and self._nc.is_connected:
+            attempt += 1
+            try:
+                await self._buckets()
+                return True
+            except Exception as problem:  # nats raises several unrelated types
+                if attempt == 1 or attempt % 30 == 0:
+                    self._log.error(
+                        "bus: the NATS server gives no JetStream key-value buckets ({error});"
+                        " is JetStream enabled (nats-server -js)? Retrying every {wait}s",
+                        error=str(problem) or type(problem).__name__, wait=RETRY_WAIT)
+                await asyncio.sleep(RETRY_WAIT)
+        return False
 
     async def _buckets(self) -> None:
         js = self._nc.jetstream()
@@ -178,17 +196,8 @@ class Bus(Service):
     async def _reconnected(self) -> None:
         self.reconnects += 1
         self._log.info("bus: reconnected")
-        while self.running and self._nc is not None and self._nc.is_connected:
-            try:
-                await self._buckets()  # a server restarted without its store has none
-                break
-            except Exception as problem:
-                self._log.warn("bus: reconnected, but the key-value buckets are unavailable:"
-                               " {error}", error=str(problem) or type(problem).__name__)
-                await asyncio.sleep(RETRY_WAIT)
-        else:
-            return
-        self._set_connected(True)
+        if await self._ensure_buckets():  # a server restarted without its store has none
+            self._set_connected(True)
 
     async def _error(self, problem: Exception) -> None:
         self._log.debug("bus: {error}", error=str(problem))
