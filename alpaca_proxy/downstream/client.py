@@ -204,7 +204,8 @@ class ClientProtocol(WebSocketServerProtocol):
         self.encoding = codec.encoding_for(self.content_type)
         self._header_credentials = header_credentials(request.headers)
         self._authenticating = False
-        self._backlog: deque[Any] = deque()
+        #: Requests that came while the auth verdict was awaited (made when needed).
+        self._backlog: deque[Any] | None = None
         # Until it authenticates, a client may hold very little of the proxy's memory.
         self.maxMessagePayloadSize = MAX_UNAUTHENTICATED_MESSAGE
         return None
@@ -215,6 +216,10 @@ class ClientProtocol(WebSocketServerProtocol):
         self.factory.proxy.notes.warn(kind, format, peer=self.peer_name, status=status, **fields)
 
     def onOpen(self):
+        # The handshake is over: Autobahn keeps its request and response for good
+        # (about 1.7 KiB a client); nothing reads them after this.
+        self.http_headers = {}
+        self.http_request_data = self.http_response_data = None
         try:
             proxy = self.factory.proxy
             proxy.clients.add(self)
@@ -303,6 +308,8 @@ class ClientProtocol(WebSocketServerProtocol):
                 self.close(1008, "too many messages")
             return
         if self._authenticating:
+            if self._backlog is None:
+                self._backlog = deque()
             if len(self._backlog) >= MAX_BACKLOG:
                 self._undecodable("too many messages before the auth verdict")
                 return
