@@ -57,6 +57,7 @@ ENVIRONMENT = {
     "rest-timeout": "ALPACA_PROXY_REST_TIMEOUT",
     "rest-cache-ms": "ALPACA_PROXY_REST_CACHE_MS",
     "record": "ALPACA_PROXY_RECORD",
+    "record-keep-days": "ALPACA_PROXY_RECORD_KEEP_DAYS",
     "replay": "ALPACA_PROXY_REPLAY",
     "replay-speed": "ALPACA_PROXY_REPLAY_SPEED",
     "replay-from": "ALPACA_PROXY_REPLAY_FROM",
@@ -190,6 +191,10 @@ class Options(usage.Options):
         ["record", None, None,
          "Directory to record every market-data frame to, as received, one compressed file"
          " per endpoint per UTC day [env ALPACA_PROXY_RECORD]."],
+        ["record-keep-days", None, 0,
+         "With --record: days of recordings kept, today's included; older ones are deleted"
+         " at start-up and each UTC midnight; 0 keeps everything"
+         " [env ALPACA_PROXY_RECORD_KEEP_DAYS]."],
         ["replay", None, None,
          "A recording (a file or a directory) to serve instead of Alpaca; paths it does"
          " not hold get 404 [env ALPACA_PROXY_REPLAY]."],
@@ -356,8 +361,11 @@ class Options(usage.Options):
                     raise usage.UsageError("%s needs --replay" % (self._source(name),))
             if self._source("replay-speed") != "--replay-speed" or self["replay-speed"] != 1:
                 raise usage.UsageError("%s needs --replay" % (self._source("replay-speed"),))
-        if self["record-trading"] and not self["record"]:
-            raise usage.UsageError("%s needs --record" % (self._source("record-trading"),))
+        self["record-keep-days"] = int(_number(self._source("record-keep-days"),
+                                               self["record-keep-days"], 0))
+        for name in ("record-trading", "record-keep-days"):
+            if self[name] and not self["record"]:
+                raise usage.UsageError("%s needs --record" % (self._source(name),))
         if self["record"]:
             self["record"] = _recording_directory(self._source("record"), self["record"])
         for name in ("replay-from", "replay-to"):

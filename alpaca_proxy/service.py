@@ -79,6 +79,8 @@ class Settings:
     #: Directory every market-data frame is recorded to (None: no recording).
     record: str | None = None
     record_trading: bool = False
+    #: Days of recordings kept (0: all).
+    record_keep_days: int = 0
     #: The recording served instead of upstream (``recording.catalog.Catalog``), or None.
     replay: Any = None
     replay_speed: float = 1.0
@@ -129,6 +131,7 @@ class Settings:
             rest_rate=options["rest-rate"], rest_queue_timeout=options["rest-queue-timeout"],
             rest_timeout=options["rest-timeout"], rest_cache_ms=options["rest-cache-ms"],
             record=options["record"] or None, record_trading=bool(options["record-trading"]),
+            record_keep_days=options["record-keep-days"],
             replay=options["replay-catalog"], replay_speed=options["replay-speed"],
             replay_from=options["replay-from"] or None, replay_to=options["replay-to"] or None,
             replay_loop=bool(options["replay-loop"]), replay_shift=bool(options["replay-shift"]),
@@ -181,7 +184,8 @@ def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None)
     if settings.record:
         recorder = Recorder(settings.record, clock,
                             disk or SerialWorker(reactor, "alpaca-proxy-recorder", nice=10),
-                            record_trading=settings.record_trading)
+                            record_trading=settings.record_trading,
+                            keep_days=settings.record_keep_days)
     if settings.replay is not None:
         player = Player(settings.replay, clock,
                         disk or SerialWorker(reactor, "alpaca-proxy-replay"),

@@ -13,7 +13,8 @@ rather than let the proxy's memory grow: recording never slows the fan-out.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+import re
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -33,6 +34,25 @@ BLOCK_BYTES = 4 << 20
 #: Bytes waiting for the disk (in memory and queued to the worker) past which frames
 #: are dropped.
 MAX_BACKLOG = 64 << 20
+#: The names this recorder writes (``fileformat.file_name``), with their UTC day.
+_OURS = re.compile(r"^(?:alpaca|polygon|trading)_.+\.(\d{4}-\d{2}-\d{2})\.zst$")
+
+
+def _prune(directory: str, oldest: Any) -> list[str]:
+    """In the worker thread: delete recordings of days before ``oldest``; their names."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _OURS.match(name)
+        if match is None:
+            continue
+        try:
+            day = date.fromisoformat(match.group(1))
+        except ValueError:
+            continue
+        if day < oldest:
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+    return removed
 
 
 class Recorder(Service):
@@ -41,9 +61,12 @@ class Recorder(Service):
     _log = Logger()
 
     def __init__(self, directory: str, clock: Any, worker: Any,
-                 record_trading: bool = False) -> None:
+                 record_trading: bool = False, keep_days: int = 0) -> None:
         self.directory = directory
         self.record_trading = record_trading
+        #: Days of recordings kept (today's included); older files are deleted at
+        #: start-up and at each UTC midnight.  0: keep everything.
+        self.keep_days = keep_days
         self._clock = clock
         self._worker = worker
         self._notes = Summarized(clock)
@@ -102,6 +125,8 @@ class Recorder(Service):
 
     def _new_day(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, timezone.utc)
+        if self._day is not None and moment.date() != self._day:
+            self.prune(moment.date())
         self._day = moment.date()
         start = datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
         self._day_start = start.timestamp()
@@ -122,6 +147,27 @@ class Recorder(Service):
             body = b"".join(batch)
             writes.append(self._write(name, body, len(batch) // 2))
         return DeferredList(writes) if writes else succeed(None)
+
+    def prune(self, today: Any = None) -> Deferred:
+        """Delete this recorder's files older than ``keep_days`` (in the worker)."""
+        if not self.keep_days:
+            return succeed(None)
+        if today is None:
+            today = datetime.fromtimestamp(self._clock.seconds(), timezone.utc).date()
+        oldest = today - timedelta(days=self.keep_days - 1)
+        pruning = self._worker.run(_prune, self.directory, oldest)
+
+        def done(removed: Any) -> None:
+            if isinstance(removed, list) and removed:
+                self._log.info("recording: deleted {count} file(s) older than {oldest}"
+                               " (--record-keep-days {days}): {names}", count=len(removed),
+                               oldest=oldest.isoformat(), days=self.keep_days,
+                               names=", ".join(removed))
+            elif not isinstance(removed, list):
+                self._notes.warn("recording-prune", "recording: cannot delete old files:"
+                                 " {error}", error=removed.getErrorMessage())
+
+        return pruning.addBoth(done)
 
     def _write(self, name: str, body: bytes, count: int) -> Deferred:
         self._queued_bytes += len(body)
@@ -157,7 +203,8 @@ class Recorder(Service):
     def snapshot(self) -> dict[str, Any]:
         return {"directory": self.directory, "frames": self.frames, "bytes": self.bytes,
                 "written": self.written, "dropped": self.dropped,
-                "failed_writes": self.failed_writes, "trading": self.record_trading}
+                "failed_writes": self.failed_writes, "trading": self.record_trading,
+                "keep_days": self.keep_days}
 
     def startService(self) -> None:
         super().startService()
@@ -165,6 +212,7 @@ class Recorder(Service):
                        directory=self.directory,
                        trading=" and the trading stream" if self.record_trading else "")
         self._worker.start()
+        self.prune()
         self._flusher.start(FLUSH_INTERVAL, now=False)
 
     def stopService(self) -> Deferred:

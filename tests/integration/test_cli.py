@@ -83,6 +83,7 @@ class StartupErrorTests(TestCase):
         self.assert_one_line(run(command() + ["--record", empty, "--replay", empty]),
                              "give one")
         self.assert_one_line(run(command() + ["--record-trading"]), "needs --record")
+        self.assert_one_line(run(command() + ["--record-keep-days", "3"]), "needs --record")
         blocked = os.path.join(empty, "a-file")
         open(blocked, "w").close()
         self.assert_one_line(run(command() + ["--record", os.path.join(blocked, "sub")]),

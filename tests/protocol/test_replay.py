@@ -97,6 +97,27 @@ class RecorderTests(SynchronousTestCase):
             path = os.path.join(self.folder, "alpaca_v2_iex.2026-12-%s.zst" % day)
             self.assertEqual(fileformat.first_metadata(path)["provider"], "alpaca")
 
+    def test_old_days_are_deleted_when_asked(self):
+        """--record-keep-days 2: at start-up and at midnight, days older than the last two
+        go; files the recorder did not name stay."""
+        names = ["alpaca_v2_iex.2026-11-%d.zst" % day for day in (28, 29, 30)] + [
+            "polygon_stocks.2026-11-29.zst", "notes-2026-11-01.zst", "mine.txt"]
+        for name in names:
+            open(os.path.join(self.folder, name), "wb").close()
+        recorder = Recorder(self.folder, self.clock, InlineWorker(), keep_days=2)
+        recorder.startService()
+        self.addCleanup(recorder.stopService)
+        self.assertEqual(sorted(os.listdir(self.folder)), [
+            "alpaca_v2_iex.2026-11-30.zst", "mine.txt", "notes-2026-11-01.zst"])
+        recorder.frame(IEX, b"today", True)
+        midnight = datetime(2026, 12, 2, tzinfo=timezone.utc).timestamp()
+        self.clock.advance(midnight + 1 - self.clock.seconds())
+        recorder.frame(IEX, b"tomorrow", True)
+        self.clock.advance(1)
+        self.assertEqual(sorted(os.listdir(self.folder)), [
+            "alpaca_v2_iex.2026-12-01.zst", "alpaca_v2_iex.2026-12-02.zst", "mine.txt",
+            "notes-2026-11-01.zst"])
+
     def test_trading_only_when_asked(self):
         trading = Stream(TRADING, "/stream")
         self.assertFalse(self.recorder.wants(trading))

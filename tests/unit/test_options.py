@@ -58,6 +58,7 @@ DEFAULTS = {
     "polygon-accounts": None,
     "record": None,
     "record-trading": 0,
+    "record-keep-days": 0,
     "replay": None,
     "replay-catalog": None,
     "replay-speed": 1.0,
