@@ -49,6 +49,12 @@ def _array(raws: list[bytes]) -> bytes:
     return head + b"".join(raws)
 
 
+#: Other nodes one holder serves on one upstream, at most; more are ignored.  Nodes are
+#: trusted peers (NATS's own auth decides who is one), but a bus client must not make
+#: the holder keep unbounded state.
+MAX_REMOTE_NODES = 256
+#: Keys one node's change may name (a node's router sends chunks of 1,000).
+MAX_REMOTE_KEYS = 1000
 #: A request to the holder not answered in this long counts as the holder lost.
 REQUEST_TIMEOUT = ACK_DEADLINE * 2
 
@@ -458,12 +464,22 @@ class ClusteredLink(Service):
             self._detach(remote)  # it starts over: whatever it held before is gone
             remote = None
         if remote is None:
+            if len(self._remotes) >= MAX_REMOTE_NODES:
+                self._log.warn("bus: ignoring node {node} on {path}: {count} nodes are served"
+                               " already", node=node[:64], path=self.stream.path,
+                               count=len(self._remotes))
+                return
             remote = self._remotes[node] = RemoteNode(node, self.clock)
             self.receiver.attach(remote)
         remote.seen = now
         if op == "change" and hasattr(self.receiver, "request"):
+            keys = request.get("keys", ())
+            if not isinstance(keys, list) or len(keys) > MAX_REMOTE_KEYS:
+                if reply is not None:
+                    reply(codec.to_msgpack({"refused": 405}))
+                return
             channels: dict[str, list[str]] = {}
-            for channel, symbol in request.get("keys", ()):
+            for channel, symbol in keys:
                 channels.setdefault(str(channel), []).append(str(symbol))
             remote.replies.append(reply)
             self.receiver.request(remote, Change(

@@ -355,3 +355,19 @@ class ClusteredLinkTests(SynchronousTestCase):
         for _ in range(int(TTL / 4 * 10) + 5):
             self.clock.advance(0.1)
         self.assertEqual(lb.role, "holder")
+
+    def test_the_holder_bounds_what_other_nodes_make_it_keep(self) -> None:
+        """Nodes past MAX_REMOTE_NODES are ignored; a change naming too many keys is
+        refused with 405 (a node's router never sends more than 1,000)."""
+        from alpaca_proxy.upstream import clustered
+
+        self.patch(clustered, "MAX_REMOTE_NODES", 2)
+        sa, la, bus_a = self.node("a")
+        answers = []
+        for n in range(4):
+            la._request(codec.to_json({"node": "n%d" % n, "op": "hello"}), answers.append)
+        self.assertEqual(la.remote_nodes, ["n0", "n1"])
+        keys = [["trades", "S%d" % i] for i in range(clustered.MAX_REMOTE_KEYS + 1)]
+        la._request(codec.to_json({"node": "n0", "op": "change", "action": "subscribe",
+                                   "keys": keys}), answers.append)
+        self.assertEqual(codec.decode(answers[-1]), {"refused": 405})
