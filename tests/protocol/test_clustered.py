@@ -17,7 +17,8 @@ from alpaca_proxy import codec
 from alpaca_proxy.cluster import LeaseTaken
 from alpaca_proxy.credentials import Credentials
 from alpaca_proxy.dialects.alpaca_data import DIALECTS
-from alpaca_proxy.streams import CRYPTO, STOCKS, Stream
+from alpaca_proxy.dialects.polygon import DIALECTS as POLYGON_DIALECTS
+from alpaca_proxy.streams import CRYPTO, POLYGON, STOCKS, Stream
 from alpaca_proxy.subscriptions import Change
 from alpaca_proxy.upstream.clustered import ClusteredLink
 from alpaca_proxy.upstream.session import DataSession
@@ -183,11 +184,12 @@ class ScriptedUpstream:
     def drop(self) -> None:
         pass
 
-    def inject(self, messages: list) -> None:
-        payload = codec.to_msgpack(messages)
+    def inject(self, messages: list, json: bool = False) -> None:
+        payload = codec.to_json(messages) if json else codec.to_msgpack(messages)
         if self.tap is not None:
-            self.tap(payload, True)
-        self.receiver.received(codec.split_frame(payload), len(payload))
+            self.tap(payload, not json)
+        split = codec.split_json_frame if json else codec.split_frame
+        self.receiver.received(split(payload), len(payload))
 
 
 class FakeClient:
@@ -217,7 +219,7 @@ class FakeClient:
         pass
 
     def symbols(self) -> list:
-        got = [m["S"] for frame in self.frames for m in codec.decode(frame)]
+        got = [m.get("S", m.get("sym")) for frame in self.frames for m in codec.decode(frame)]
         self.frames.clear()
         return got
 
@@ -235,7 +237,8 @@ class ClusteredLinkTests(SynchronousTestCase):
 
     def node(self, name: str, stream: Stream = IEX) -> tuple[DataSession, ClusteredLink, FakeBus]:
         bus = FakeBus(self.cluster, name)
-        dialect = DIALECTS[stream.kind]
+        dialect = (POLYGON_DIALECTS[stream.path.lstrip("/")] if stream.kind == POLYGON
+                   else DIALECTS[stream.kind])
         session = DataSession(stream, PAIR, self.clock, dialect)
         link = ClusteredLink(session, stream, PAIR, bus, self.clock,
                              lambda receiver: ScriptedUpstream(receiver, self.clock,
@@ -262,6 +265,21 @@ class ClusteredLinkTests(SynchronousTestCase):
         session.request(client, Change("subscribe", {channel: symbols}))
         self.turns()
         return client
+
+    def test_polygon_clusters_are_shared_too(self) -> None:
+        """A Polygon cluster's JSON frames reach another node's clients by their keys."""
+        stocks = Stream(POLYGON, "/stocks")
+        sa, la, _ = self.node("a", stocks)
+        sb, lb, _ = self.node("b", stocks)
+        ca = self.subscribe(sa, "AAPL", channel="T")
+        cb = self.subscribe(sb, "MSFT", channel="T")
+        [upstream] = self.running_upstreams()
+        self.assertEqual(upstream.holding, {("T", "AAPL"), ("T", "MSFT")})
+        upstream.inject([{"ev": "T", "sym": "AAPL", "p": 1.0, "t": 1},
+                         {"ev": "T", "sym": "MSFT", "p": 2.0, "t": 1},
+                         {"ev": "T", "sym": "TSLA", "p": 3.0, "t": 1}], json=True)
+        self.turns()
+        self.assertEqual((ca.symbols(), cb.symbols()), (["AAPL"], ["MSFT"]))
 
     def test_a_follower_joining_a_streamed_book_gets_it_whole(self) -> None:
         """Whole books travel with the holder's ack: a client on another node that joins
