@@ -232,6 +232,13 @@ class ClusteredLink(Service):
     # -- roles ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self.role == "holder" and self.clock.seconds() - self._renewed_at > self._ttl * 0.6:
+            # Checked at every tick, a renewal still under way or not: holding on any
+            # longer could overlap another node's turn (worst case 0.85 TTL).
+            self._log.warn("bus: could not renew the lease on {path} in time; closing upstream",
+                           path=self.stream.path)
+            self._stepped_down()
+            return
         if not self.bus.connected or self._busy:
             return
         if self.role == "holder":
@@ -285,11 +292,6 @@ class ClusteredLink(Service):
         self._become("follower")
 
     def _renew(self) -> None:
-        if self.clock.seconds() - self._renewed_at > self._ttl * 0.6:
-            self._log.warn("bus: could not renew the lease on {path} in time; closing upstream",
-                           path=self.stream.path)
-            self._stepped_down()
-            return
         self._busy = True
         self.bus.renew(self._key, self._lease_value(), self._revision).addCallbacks(
             self._renewed, self._lost).addBoth(self._idle)

@@ -37,6 +37,8 @@ class FakeCluster:
         self.subscribers: dict[str, list] = {}
         self.revisions = 0
         self.hang_renewals = False
+        #: How long a hung renewal takes to fail (the real bus gives up after TTL / 2).
+        self.hang_for = TTL / 2
 
     def lease(self, key: str):
         entry = self.leases.get(key)
@@ -93,7 +95,8 @@ class FakeBus:
             return fail(LeaseTaken("offline"))
         if self.cluster.hang_renewals:
             waiter: Deferred = Deferred()  # the real bus gives up after half a TTL
-            self.cluster.clock.callLater(TTL / 2, waiter.errback, TimeoutError("slow"))
+            self.cluster.clock.callLater(self.cluster.hang_for, waiter.errback,
+                                         TimeoutError("slow"))
             return waiter
         entry = self.cluster.lease(key)
         if entry is None or entry[1] != revision:
@@ -339,6 +342,12 @@ class ClusteredLinkTests(SynchronousTestCase):
         self.assertEqual(cb.symbols(), ["MSFT"])
 
     def test_a_holder_that_cannot_renew_lets_go_before_the_lease_expires(self) -> None:
+        for hang in (TTL / 2, TTL * 2):  # failing late, or not before the lease is gone
+            self.setUp()
+            self.cluster.hang_for = hang
+            self.lets_go_in_time()
+
+    def lets_go_in_time(self) -> None:
         sa, la, _ = self.node("a")
         self.cluster.hang_renewals = True
         lease_expires = self.cluster.leases[next(iter(self.cluster.leases))][2]
