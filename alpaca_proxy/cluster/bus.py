@@ -3,7 +3,7 @@
 The only module that imports nats.  It keeps one connection to the cluster
 (reconnecting for ever), two JetStream key-value buckets — leases, whose keys
 expire ``lease_ttl`` seconds after their last write, and the node registry —
-and offers what the clustered links need: lease create/renew/release/watch,
+and offers what the clustered links need: lease create/renew/release,
 publish, subscribe, request/reply.  Listeners hear when the connection goes
 and comes back.  Pings every second (two missed: gone), so a node cut off from
 the bus knows within about three seconds, before its lease can pass.
@@ -282,12 +282,6 @@ class Bus(Service):
             return (entry.value, entry.revision) if entry.value else None
         return self._kv(get())
 
-    def watch(self, key: str, callback: Callable[[bytes | None], None]) -> Any:
-        """Call ``callback`` with the lease's value at every write (None: deleted)."""
-        watching = _Watch(self, key, callback)
-        watching.start()
-        return watching
-
     def _kv(self, coroutine: Awaitable[Any]) -> Deferred:
         if not self.connected or self._leases is None:
             if asyncio.iscoroutine(coroutine):
@@ -345,47 +339,16 @@ class _Subscription:
     async def _message(self, msg: Any) -> None:
         if self._stopped:
             return
-        reply = None
-        if msg.reply:
-            def reply(data: bytes) -> None:
-                _later(msg.respond(data)).addErrback(lambda _: None)
-        self._callback(msg.data, reply)
+        def respond(data: bytes) -> None:
+            _later(msg.respond(data)).addErrback(lambda _: None)
+
+        self._callback(msg.data, respond if msg.reply else None)
 
     def stop(self) -> None:
         self._stopped = True
         if self._sub is not None:
             sub, self._sub = self._sub, None
             _later(sub.unsubscribe()).addErrback(lambda _: None)
-
-
-class _Watch:
-    """A key watch: the callback hears every write and deletion of the key."""
-
-    def __init__(self, bus: Bus, key: str, callback: Callable[[bytes | None], None]) -> None:
-        self._bus = bus
-        self._key = key
-        self._callback = callback
-        self._task: Any = None
-
-    def start(self) -> None:
-        if self._bus._leases is not None:
-            self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        watcher = await self._bus._leases.watch(self._key)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of the initial values
-                deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                self._callback(None if deleted else entry.value)
-        finally:
-            await watcher.stop()
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
 
 def _safe(server: str) -> str:

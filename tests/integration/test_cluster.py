@@ -18,7 +18,6 @@ import subprocess
 import sys
 from urllib.request import urlopen
 
-import msgpack
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall, deferLater
