@@ -17,14 +17,15 @@ clients stay connected and get nothing more.
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, Iterator
 
+import msgpack
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
+from alpaca_proxy import codec
 from alpaca_proxy.recording.catalog import Catalog
 from alpaca_proxy.recording.fileformat import Frame
 
@@ -40,9 +41,8 @@ EARLY = 0.001
 
 
 def rfc3339_ns(nanoseconds: int) -> str:
-    moment = datetime.fromtimestamp(nanoseconds // 1_000_000_000, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (
-        (".%09d" % (nanoseconds % 1_000_000_000)).rstrip("0").rstrip(".") + "Z")
+    """Nanoseconds since the epoch as Alpaca's JSON writes times."""
+    return codec.rfc3339(msgpack.Timestamp.from_unix_nano(nanoseconds))
 
 
 class Player(Service):

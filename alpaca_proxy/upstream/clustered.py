@@ -149,6 +149,7 @@ class _Upstream:
             link = self._link
             if link._generation == self._generation and link.role == "holder":
                 link._from_upstream(name, *args)
+        setattr(self, name, report)  # made once: ``received`` comes with every frame
         return report
 
 
