@@ -10,12 +10,12 @@ per element, shared by every JSON client).
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
 import msgpack
 import orjson
-from attrs import define, field
 
 #: Python clients (websockets, default max_size) close with 1009 on anything larger.
 MAX_MESSAGE_BYTES = 1 << 20
@@ -152,13 +152,33 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-@define(slots=True)
 class Element:
-    """One message from an upstream frame: decoded, and as its original bytes."""
+    """One message from an upstream frame: its original bytes, decoded when needed.
 
-    message: dict[str, Any]
-    raw: bytes
-    _json: bytes | None = field(default=None, alias="_json")
+    Fan-out to MessagePack clients needs only the bytes and the message's type
+    (``T``) and symbol (``S``); ``split_frame`` reads those straight from the bytes
+    when they lead the map, as Alpaca writes them, and the map itself is decoded
+    on first use (JSON rendering, order books, control messages).  That decode is
+    most of what a frame costs, so MessagePack-only traffic never pays it.
+    """
+
+    __slots__ = ("raw", "kind", "symbol", "_message", "_json")
+
+    def __init__(self, message: dict[str, Any] | None, raw: bytes,
+                 kind: Any = None, symbol: str | None = None) -> None:
+        self.raw = raw
+        self._message = message
+        self._json: bytes | None = None
+        #: The message's ``T`` (its type on Alpaca's streams).
+        self.kind = kind if message is None else message.get("T")
+        #: Its ``S`` when read from the bytes; ``None``: route by the message.
+        self.symbol = symbol
+
+    @property
+    def message(self) -> dict[str, Any]:
+        if self._message is None:
+            self._message = _decode_element(self.raw, self.kind, self.symbol)
+        return self._message
 
     @property
     def json(self) -> bytes:
@@ -167,38 +187,88 @@ class Element:
             self._json = to_json(self.message)
         return self._json
 
+    def __repr__(self) -> str:
+        return "Element(%r, %r)" % (self.message, self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Element):
+            return NotImplemented
+        return self.message == other.message and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
     @classmethod
     def of(cls, message: dict[str, Any]) -> "Element":
         """An element made locally (not spliced from upstream bytes)."""
         return cls(message, to_msgpack(message))
 
 
+def _decode_element(raw: bytes, kind: str | None, symbol: str | None) -> dict[str, Any]:
+    """An element's map, decoded after the frame was already split and routed.
+
+    Its structure was checked when the frame was split; what only a full decode
+    finds (text that is not UTF-8, keys that are not text) no longer costs the
+    whole frame: such text is decoded with replacement characters and, failing
+    everything, the message is what its head said.
+    """
+    try:
+        return msgpack.unpackb(raw, raw=False, timestamp=0)
+    except Exception:  # msgpack raises several unrelated types
+        pass
+    try:
+        decoded = msgpack.unpackb(raw, raw=False, timestamp=0, unicode_errors="replace",
+                                  strict_map_key=False)
+        if isinstance(decoded, dict):
+            return decoded
+    except Exception:
+        pass
+    return {"T": kind, "S": symbol}
+
+
+#: A map that starts ``T`` (one character, as all of Alpaca's data types are), then
+#: ``S`` (a short string): group 1 is the type, the match ends at the symbol's header.
+_HEAD = re.compile(rb"(?:[\x82-\x8f]|\xde(?:\x00[\x02-\xff]|[\x01-\xff][\x00-\xff]))"
+                   rb"\xa1T\xa1([\x00-\x7f])\xa1S[\xa0-\xbf]", re.S)
+
+
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xde, 0xdf}
+
+
 def split_frame(frame: bytes) -> list[Element]:
     """Split an upstream MessagePack frame (an array of maps) into elements.
 
-    The messages are decoded in one C-level call; the element boundaries come
-    from a second pass that only skips (no objects built), which is cheaper than
-    decoding element by element.  A lone map is taken as an array of one.
-    Anything else raises DecodeError.
+    Element boundaries come from a pass that only skips (no objects built); each
+    element's type and symbol are read from its bytes when it starts with them,
+    and only an element that does not is decoded here.  A lone map is taken as
+    an array of one.  Anything else raises DecodeError.
     """
     try:
-        decoded = msgpack.unpackb(frame, raw=False, timestamp=0)
-        messages = [decoded] if isinstance(decoded, dict) else decoded
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DecodeError("frame is not an array of maps")
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
-        if decoded is not messages:
-            start = 0
+        if frame[:1] and frame[0] in _MAP_HEADERS:
+            count, start = 1, 0
         else:
-            unpacker.read_array_header()
+            count = unpacker.read_array_header()
             start = unpacker.tell()
+        skip, tell, match = unpacker.skip, unpacker.tell, _HEAD.match
         elements = []
-        for message in messages:
-            unpacker.skip()
-            end = unpacker.tell()
-            elements.append(Element(message, frame[start:end]))
+        for _ in range(count):
+            if frame[start] not in _MAP_HEADERS:
+                raise DecodeError("frame is not an array of maps")
+            skip()
+            end = tell()
+            head = match(frame, start, end)
+            if head is not None:
+                at = head.end()
+                symbol = frame[at:at + frame[at - 1] - 0xa0]
+                elements.append(Element(None, frame[start:end], head.group(1).decode(),
+                                        symbol.decode()))
+            else:
+                raw = frame[start:end]
+                elements.append(Element(msgpack.unpackb(raw, raw=False, timestamp=0), raw))
             start = end
+        if start != len(frame):
+            raise DecodeError("extra bytes after the frame")
     except DecodeError:
         raise
     except Exception as error:  # msgpack raises several unrelated types

@@ -54,8 +54,8 @@ class AlpacaDataLink(DataLink):
         return codec.split_frame(payload)
 
     @staticmethod
-    def is_control(message: dict) -> bool:
-        return message.get("T") in ("success", "error", "subscription")
+    def is_control(element: codec.Element) -> bool:
+        return element.kind in ("success", "error", "subscription")
 
     def _control(self, message: dict) -> None:
         kind = message.get("T")

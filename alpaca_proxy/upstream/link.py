@@ -365,7 +365,7 @@ class DataLink(WebSocketLink):
         raise NotImplementedError
 
     @staticmethod
-    def is_control(message: dict) -> bool:
+    def is_control(element: codec.Element) -> bool:
         """Whether a message is the protocol's own (welcome, auth, acks, errors), not data."""
         raise NotImplementedError
 
@@ -381,7 +381,7 @@ class DataLink(WebSocketLink):
             return
         data = []
         for element in elements:
-            if self.is_control(element.message):
+            if self.is_control(element):
                 self._control(element.message)
             else:
                 data.append(element)

@@ -52,8 +52,8 @@ class PolygonLink(DataLink):
         return codec.split_json_frame(payload)
 
     @staticmethod
-    def is_control(message: dict) -> bool:
-        return message.get("ev") == "status"
+    def is_control(element: codec.Element) -> bool:
+        return element.message.get("ev") == "status"
 
     def _control(self, message: dict) -> None:
         state = message.get("status")

@@ -137,7 +137,7 @@ class ReplayLink(Service):
             return  # recorded as upstream sent it; the live link had skipped it too
         if self.stream.kind == CRYPTO:
             for element in data:
-                if element.message.get("T") == "o":
+                if element.kind == "o":
                     self.books.apply(element.message)
         if shift_ns and data:
             data = [self._moved(element.message, shift_ns) for element in data]
@@ -184,7 +184,7 @@ def data_elements(kind: str, payload: bytes) -> list[codec.Element]:
     """A recorded market-data frame's data messages, split as the live link splits them
     (``codec.DecodeError`` if it is not a frame)."""
     link = PolygonLink if kind == POLYGON else AlpacaDataLink
-    return [element for element in link.split(payload) if not link.is_control(element.message)]
+    return [element for element in link.split(payload) if not link.is_control(element)]
 
 
 def trading_events(payload: bytes) -> list[dict]:
