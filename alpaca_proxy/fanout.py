@@ -37,28 +37,45 @@ def account_refused(clients: Iterable[Any], code: int) -> None:
         client.account_refused(code)
 
 
-def deliver(elements: Sequence[codec.Element], routed: Mapping[Any, list[int]]) -> tuple[int, int]:
-    """A frame's data, each client getting the messages the router chose for it.
+def deliver(elements: Sequence[codec.Element],
+            audiences: Mapping[frozenset, list[int]]) -> tuple[int, int]:
+    """A frame's data: each audience (a set of clients) gets the messages it wants.
 
-    Clients wanting the same subset in the same encoding share one encoded,
-    prepared frame.  Returns (messages, bytes) delivered over all clients.
+    A client in several audiences gets the union of their messages, in upstream
+    order, each once.  Clients wanting the same messages in the same encoding
+    share one encoded, prepared frame.  Returns (messages, bytes) delivered.
     """
-    groups: dict[tuple[tuple[int, ...], codec.Encoding], list[Any]] = {}
-    for client, positions in routed.items():
-        if client.encoding is None:
-            continue  # another node (--bus): it gets the frame over the bus, once
-        groups.setdefault((tuple(positions), client.encoding), []).append(client)
+    if len(audiences) == 1:
+        shares: Iterable[tuple[Sequence[int], Iterable[Any]]] = [
+            (positions, members) for members, positions in audiences.items()]
+    else:
+        wants: dict[Any, list[int]] = {}
+        for members, positions in audiences.items():
+            for client in members:
+                had = wants.get(client)
+                wants[client] = positions if had is None else sorted({*had, *positions})
+        grouped: dict[tuple[int, ...], list[Any]] = {}
+        for client, positions in wants.items():
+            grouped.setdefault(tuple(positions), []).append(client)
+        shares = grouped.items()
     messages = size = 0
-    for (positions, encoding), clients in groups.items():
-        subset = [elements[i] for i in positions]
-        for payload in encoding.frames(subset):
-            prepared = clients[0].prepare(payload, encoding.binary)
-            for client in clients:
-                client.send_prepared(prepared)
-            size += len(payload) * len(clients)
+    for positions, clients in shares:
+        by_encoding: dict[codec.Encoding, list[Any]] = {}
         for client in clients:
-            client.messages_sent += len(subset)
-        messages += len(subset) * len(clients)
+            encoding = client.encoding
+            if encoding is not None:  # None: another node (--bus), it has the frame
+                by_encoding.setdefault(encoding, []).append(client)
+        count = len(positions)
+        for encoding, receivers in by_encoding.items():
+            subset = [elements[i] for i in positions]
+            for payload in encoding.frames(subset):
+                prepared = receivers[0].prepare(payload, encoding.binary)
+                for client in receivers:
+                    client.send_prepared(prepared)
+                size += len(payload) * len(receivers)
+            for client in receivers:
+                client.messages_sent += count
+            messages += count * len(receivers)
     return messages, size
 
 

@@ -43,6 +43,8 @@ from alpaca_proxy.subscriptions import WILDCARD, Change, Key, State, applied, ke
 #: 1,000 keys stay well below that and below any frame-size limit (~20 KB).
 CHUNK = 1000
 
+_NOBODY: frozenset[Any] = frozenset()
+
 
 def _delta(old: State, new: State, changes: Iterable[Change]) -> tuple[set[Key], set[Key]]:
     """Keys ``new`` has that ``old`` has not, and the reverse, among those ``changes`` name."""
@@ -109,6 +111,12 @@ class Router:
         self._books: dict[Any, _Book] = {}
         self._wanted: Counter[Key] = Counter()
         self._index: dict[str, dict[str, set[Any]]] = {}
+        #: Per channel and symbol, everyone a message there goes to (wildcard
+        #: subscribers included), built on first use after any change to it.
+        self._audiences: dict[str, dict[str, frozenset[Any]]] = {}
+        #: One object per distinct audience, so that a frame's messages group by
+        #: identity however many symbols share the same subscribers.
+        self._distinct: dict[frozenset[Any], frozenset[Any]] = {}
         self._have: set[Key] = set()
         self._sent: deque[_Sent] = deque()
         self._refused: set[Key] = set()
@@ -394,18 +402,56 @@ class Router:
             by_symbol[symbol].discard(client)
             if not by_symbol[symbol]:
                 del by_symbol[symbol]
+            self._forget_audience(channel, symbol)
         for channel, symbol in added:
             self._index.setdefault(channel, {}).setdefault(symbol, set()).add(client)
+            self._forget_audience(channel, symbol)
+
+    def _forget_audience(self, channel: str, symbol: str) -> None:
+        audiences = self._audiences.get(channel)
+        if not audiences:
+            return
+        if symbol == WILDCARD:
+            audiences.clear()  # every symbol's audience included the wildcard's
+        else:
+            audiences.pop(symbol, None)
+
+    def audience(self, channel: str, symbol: str) -> frozenset[Any]:
+        """Everyone subscribed to a symbol on a channel, or to ``*``.
+
+        The same object for every symbol with the same subscribers, built once
+        per change of them: the hot path is a dictionary lookup.
+        """
+        audiences = self._audiences.get(channel)
+        if audiences is not None:
+            found = audiences.get(symbol)
+            if found is not None:
+                return found
+        by_symbol = self._index.get(channel)
+        if not by_symbol:
+            return _NOBODY
+        members = frozenset(by_symbol.get(symbol, ())).union(by_symbol.get(WILDCARD, ()))
+        if not members:
+            return _NOBODY  # not kept: symbols nobody wants must not fill the cache
+        if len(self._distinct) > 64 + 2 * sum(map(len, self._audiences.values())):
+            self._distinct = {kept: kept for audiences in self._audiences.values()
+                              for kept in audiences.values()}
+        members = self._distinct.setdefault(members, members)
+        self._audiences.setdefault(channel, {})[symbol] = members
+        return members
+
+    def audience_of(self, channel: str, symbols: Sequence[str]) -> frozenset[Any]:
+        """Everyone a message concerning several symbols goes to (news), or none."""
+        if len(symbols) == 1:
+            return self.audience(channel, symbols[0])
+        if not symbols:
+            return self.audience(channel, WILDCARD)
+        members = frozenset().union(*(self.audience(channel, symbol) for symbol in symbols))
+        return self._distinct.get(members, members)
 
     def recipients(self, channel: str, symbols: Sequence[str]) -> set[Any]:
         """Clients subscribed to any of the symbols on a channel, or to ``*``."""
-        by_symbol = self._index.get(channel)
-        if not by_symbol:
-            return set()
-        found = set(by_symbol.get(WILDCARD, ()))
-        for symbol in symbols:
-            found.update(by_symbol.get(symbol, ()))
-        return found
+        return set(self.audience_of(channel, symbols))
 
     def route(self, keys: Sequence[tuple[str | None, Sequence[str]]]) -> dict[Any, list[int]]:
         """For a frame's messages, given as (channel, symbols): client -> message indices.
@@ -416,6 +462,6 @@ class Router:
         for position, (channel, symbols) in enumerate(keys):
             if channel is None:
                 continue
-            for client in self.recipients(channel, symbols):
+            for client in self.audience_of(channel, symbols):
                 routed.setdefault(client, []).append(position)
         return routed

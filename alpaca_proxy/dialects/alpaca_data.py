@@ -114,6 +114,9 @@ class AlpacaDataDialect:
         self.kind = kind
         self._types = _TYPES[kind]
         self.channels = frozenset(self._types.values())
+        #: Channel by message type, for messages routed by their ``S`` alone (all
+        #: but news, which names its symbols in a list): ``None`` for news.
+        self.types_by_symbol = None if kind == NEWS else dict(self._types)
         self._ack_keys = _ACK_KEYS[kind]
         self._optional_ack_keys = _OPTIONAL_ACK_KEYS[kind]
 

@@ -151,6 +151,9 @@ class PolygonDialect:
         """The upstream (un)subscribe message for a set of (ev, symbol) keys."""
         return {"action": action, "params": ",".join("%s.%s" % key for key in keys)}
 
+    #: Events are keyed by whichever symbol field they have (see ``routing``).
+    types_by_symbol = None
+
     def routing(self, message: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
         """An event's channel (its ``ev``) and the symbols it is known by."""
         ev = message.get("ev")

@@ -312,11 +312,30 @@ class DataSession(Session):
             return
         self._last_data = now = self.clock.seconds()
         self.incoming.add(len(elements), now)
-        routing = [self.dialect.routing(element.message) for element in elements]
-        for element, (channel, _) in zip(elements, routing):
+        audiences: dict[frozenset, list[int]] = {}
+        by_symbol = self.dialect.types_by_symbol
+        audience, audience_of = self.router.audience, self.router.audience_of
+        for position, element in enumerate(elements):
+            symbol = element.symbol
+            if by_symbol is not None and symbol is not None:
+                channel = by_symbol.get(element.kind)
+                if channel is None:
+                    continue
+                members = audience(channel, symbol)
+            else:
+                channel, symbols = self.dialect.routing(element.message)
+                if channel is None:
+                    continue
+                members = audience_of(channel, symbols)
             if channel == "orderbooks":
                 self.books.apply(element.message)
-        messages, size = fanout.deliver(elements, self.router.route(routing))
+            if members:
+                positions = audiences.get(members)
+                if positions is None:
+                    audiences[members] = [position]
+                else:
+                    positions.append(position)
+        messages, size = fanout.deliver(elements, audiences)
         self.messages_out += messages
         self.bytes_out += size
 
