@@ -22,6 +22,9 @@ REQUEST_ERRORS = frozenset({400, 405, 410, 412, 413})
 FATAL_AUTH_ERRORS = frozenset({402, 408, 409, 411, 412})
 
 
+#: Message types of the protocol itself (welcome, auth, acks, errors), not data.
+_CONTROL = frozenset(("success", "error", "subscription"))
+
 class AlpacaDataLink(DataLink):
     """One account on one of Alpaca's market-data endpoints."""
 
@@ -55,7 +58,11 @@ class AlpacaDataLink(DataLink):
 
     @staticmethod
     def is_control(element: codec.Element) -> bool:
-        return element.kind in ("success", "error", "subscription")
+        return element.kind in _CONTROL
+
+    @classmethod
+    def control_of(cls, elements: list[codec.Element]) -> list[codec.Element]:
+        return [element for element in elements if element.kind in _CONTROL]
 
     def _control(self, message: dict) -> None:
         kind = message.get("T")
