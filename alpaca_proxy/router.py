@@ -112,8 +112,9 @@ class Router:
         self._wanted: Counter[Key] = Counter()
         self._index: dict[str, dict[str, set[Any]]] = {}
         #: Per channel and symbol, everyone a message there goes to (wildcard
-        #: subscribers included), built on first use after any change to it.
-        self._audiences: dict[str, dict[str, frozenset[Any]]] = {}
+        #: subscribers included), built on first use after any change to it by
+        #: ``audience``; read by the session's fan-out loop, written only here.
+        self.audiences: dict[str, dict[str, frozenset[Any]]] = {}
         #: One object per distinct audience, so that a frame's messages group by
         #: identity however many symbols share the same subscribers.
         self._distinct: dict[frozenset[Any], frozenset[Any]] = {}
@@ -408,7 +409,7 @@ class Router:
             self._forget_audience(channel, symbol)
 
     def _forget_audience(self, channel: str, symbol: str) -> None:
-        audiences = self._audiences.get(channel)
+        audiences = self.audiences.get(channel)
         if not audiences:
             return
         if symbol == WILDCARD:
@@ -422,7 +423,7 @@ class Router:
         The same object for every symbol with the same subscribers, built once
         per change of them: the hot path is a dictionary lookup.
         """
-        audiences = self._audiences.get(channel)
+        audiences = self.audiences.get(channel)
         if audiences is not None:
             found = audiences.get(symbol)
             if found is not None:
@@ -433,11 +434,11 @@ class Router:
         members = frozenset(by_symbol.get(symbol, ())).union(by_symbol.get(WILDCARD, ()))
         if not members:
             return _NOBODY  # not kept: symbols nobody wants must not fill the cache
-        if len(self._distinct) > 64 + 2 * sum(map(len, self._audiences.values())):
-            self._distinct = {kept: kept for audiences in self._audiences.values()
+        if len(self._distinct) > 64 + 2 * sum(map(len, self.audiences.values())):
+            self._distinct = {kept: kept for audiences in self.audiences.values()
                               for kept in audiences.values()}
         members = self._distinct.setdefault(members, members)
-        self._audiences.setdefault(channel, {})[symbol] = members
+        self.audiences.setdefault(channel, {})[symbol] = members
         return members
 
     def audience_of(self, channel: str, symbols: Sequence[str]) -> frozenset[Any]:

@@ -41,6 +41,8 @@ ACK_DEADLINE = 2.5
 CHANGES_PER_SECOND = 20.0
 CHANGE_BURST = 10
 
+_NONE: dict = {}
+
 
 @implementer(ISession)
 class Session:
@@ -314,19 +316,22 @@ class DataSession(Session):
         self.incoming.add(len(elements), now)
         audiences: dict[frozenset, list[int]] = {}
         by_symbol = self.dialect.types_by_symbol
-        audience, audience_of = self.router.audience, self.router.audience_of
+        router = self.router
+        known = router.audiences
         for position, element in enumerate(elements):
             symbol = element.symbol
             if by_symbol is not None and symbol is not None:
                 channel = by_symbol.get(element.kind)
                 if channel is None:
                     continue
-                members = audience(channel, symbol)
+                members = known.get(channel, _NONE).get(symbol)  # the router's cache
+                if members is None:
+                    members = router.audience(channel, symbol)
             else:
                 channel, symbols = self.dialect.routing(element.message)
                 if channel is None:
                     continue
-                members = audience_of(channel, symbols)
+                members = router.audience_of(channel, symbols)
             if channel == "orderbooks":
                 self.books.apply(element.message)
             if members:
