@@ -10,11 +10,11 @@ per element, shared by every JSON client).
 from __future__ import annotations
 
 import base64
-import re
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import msgpack
+import msgspec
 import orjson
 
 #: Python clients (websockets, default max_size) close with 1009 on anything larger.
@@ -156,10 +156,10 @@ class Element:
     """One message from an upstream frame: its original bytes, decoded when needed.
 
     Fan-out to MessagePack clients needs only the bytes and the message's type
-    (``T``) and symbol (``S``); ``split_frame`` reads those straight from the bytes
-    when they lead the map, as Alpaca writes them, and the map itself is decoded
-    on first use (JSON rendering, order books, control messages).  That decode is
-    most of what a frame costs, so MessagePack-only traffic never pays it.
+    (``T``) and symbol (``S``), which ``split_frame`` reads without decoding the
+    rest; the map itself is decoded on first use (JSON rendering, order books,
+    control messages).  That decode was most of what a frame cost, so
+    MessagePack-only traffic no longer pays it.
     """
 
     __slots__ = ("raw", "kind", "symbol", "_message", "_json")
@@ -170,7 +170,7 @@ class Element:
         self._message = message
         self._json: bytes | None = None
         #: The message's ``T`` (its type on Alpaca's streams).
-        self.kind = kind if message is None else message.get("T")
+        self.kind = kind if message is None else _text(message.get("T"))
         #: Its ``S`` when read from the bytes; ``None``: route by the message.
         self.symbol = symbol
 
@@ -203,6 +203,10 @@ class Element:
         return cls(message, to_msgpack(message))
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _decode_element(raw: bytes, kind: str | None, symbol: str | None) -> dict[str, Any]:
     """An element's map, decoded after the frame was already split and routed.
 
@@ -225,47 +229,60 @@ def _decode_element(raw: bytes, kind: str | None, symbol: str | None) -> dict[st
     return {"T": kind, "S": symbol}
 
 
-#: A map that starts ``T`` (one character, as all of Alpaca's data types are), then
-#: ``S`` (a short string): group 1 is the type, the match ends at the symbol's header.
-_HEAD = re.compile(rb"(?:[\x82-\x8f]|\xde(?:\x00[\x02-\xff]|[\x01-\xff][\x00-\xff]))"
-                   rb"\xa1T\xa1([\x00-\x7f])\xa1S[\xa0-\xbf]", re.S)
+class _Head(msgspec.Struct):
+    """What routing reads of a data message: its type and its symbol."""
+
+    T: Optional[str] = None
+    S: Optional[str] = None
 
 
-_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xde, 0xdf}
+#: Each element's bytes, and each element's head, each in one C-level pass.
+_RAW_ELEMENTS = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_HEADS = msgspec.msgpack.Decoder(list[_Head])
 
 
 def split_frame(frame: bytes) -> list[Element]:
     """Split an upstream MessagePack frame (an array of maps) into elements.
 
-    Element boundaries come from a pass that only skips (no objects built); each
-    element's type and symbol are read from its bytes when it starts with them,
-    and only an element that does not is decoded here.  A lone map is taken as
-    an array of one.  Anything else raises DecodeError.
+    Two passes in C (msgspec) give every element's bytes and its ``T`` and ``S``
+    wherever they are in the map, without building the rest; the maps are
+    decoded on first use.  What that refuses (a lone map, a ``T`` or ``S`` that is
+    not text, keys that are not text, garbage) takes ``_split_exactly``.
+    """
+    try:
+        raws = _RAW_ELEMENTS.decode(frame)
+        heads = _HEADS.decode(frame)
+    except msgspec.DecodeError:  # ValidationError is one too
+        return _split_exactly(frame)
+    return [Element(None, raw, head.T, head.S) for raw, head in zip(map(bytes, raws), heads)]
+
+
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xde, 0xdf}
+
+
+def _split_exactly(frame: bytes) -> list[Element]:
+    """The split of any frame, each element decoded at once; DecodeError if not a frame.
+
+    Element boundaries come from a pass that only skips (no objects built).  A
+    lone map is taken as an array of one.
     """
     try:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
-        if frame[:1] and frame[0] in _MAP_HEADERS:
+        if frame[:1] and frame[0] in _MAP_HEADERS:  # a lone map
             count, start = 1, 0
         else:
             count = unpacker.read_array_header()
             start = unpacker.tell()
-        skip, tell, match = unpacker.skip, unpacker.tell, _HEAD.match
         elements = []
         for _ in range(count):
-            if frame[start] not in _MAP_HEADERS:
+            unpacker.skip()
+            end = unpacker.tell()
+            raw = frame[start:end]
+            message = msgpack.unpackb(raw, raw=False, timestamp=0)
+            if not isinstance(message, dict):
                 raise DecodeError("frame is not an array of maps")
-            skip()
-            end = tell()
-            head = match(frame, start, end)
-            if head is not None:
-                at = head.end()
-                symbol = frame[at:at + frame[at - 1] - 0xa0]
-                elements.append(Element(None, frame[start:end], head.group(1).decode(),
-                                        symbol.decode()))
-            else:
-                raw = frame[start:end]
-                elements.append(Element(msgpack.unpackb(raw, raw=False, timestamp=0), raw))
+            elements.append(Element(message, raw))
             start = end
         if start != len(frame):
             raise DecodeError("extra bytes after the frame")

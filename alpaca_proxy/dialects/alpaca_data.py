@@ -195,7 +195,8 @@ class AlpacaDataDialect:
         News is keyed by every entry of ``symbols`` (none: only ``*`` gets it).
         Unknown types give channel ``None`` and go nowhere.
         """
-        channel = self._types.get(message.get("T"))  # type: ignore[arg-type]
+        kind = message.get("T")
+        channel = self._types.get(kind) if isinstance(kind, str) else None
         if channel is None:
             return None, ()
         if self.kind == NEWS:
