@@ -10,6 +10,7 @@ Run by hand (not in CI), from the repository root with the proxy installed:
     python bench/fanout.py --mode levels      # direct, one proxy, a chain of two
     python bench/fanout.py --mode proxy --record /tmp/recording   # what recording costs
     python bench/fanout.py --mode proxy --layout identical --clients 500 --reader light
+    python bench/fanout.py --mode relay --rate 100000 --batch 20   # the floor of a hop
 
 Three roles, each its own process:
 
@@ -137,6 +138,94 @@ def generator(args) -> None:
 
     loop = LoopingCall(tick)
     loop.start(0.002)
+    reactor.run()
+
+
+# -- relay (the floor) ---------------------------------------------------------------
+
+
+def relay(args) -> None:
+    """The least a websocket hop can do in Python on Twisted and Autobahn.
+
+    Clients connect and subscribe as to the proxy (acks are canned); the relay
+    subscribes once upstream and forwards every upstream frame, untouched and
+    undecoded, to the clients of the frame's group (read from the first message's
+    symbol with one regular expression): one Autobahn frame parse in, one prepared
+    frame written per client out.  What the proxy costs beyond this is its own.
+    """
+    import re
+
+    import msgpack
+    from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientProtocol,
+                                            WebSocketServerFactory, WebSocketServerProtocol)
+    from twisted.internet import reactor
+
+    group_pattern = re.compile(rb"\xa1S[\xa0-\xbf]G(\d+)S")
+    members: dict[int, list] = {}
+    upstream: list = []
+    wanted: list = []
+
+    class Up(WebSocketClientProtocol):
+        def connectionMade(self):
+            super().connectionMade()
+            self.transport.setTcpNoDelay(True)
+
+        def onOpen(self):
+            upstream.append(self)
+            self.sendMessage(json.dumps({"action": "auth", "key": "K", "secret": "S"}).encode())
+            for names in wanted:
+                self.subscribe(names)
+
+        def subscribe(self, names):
+            self.sendMessage(json.dumps({"action": "subscribe", "trades": names,
+                                         "quotes": names}).encode())
+
+        def onMessageEnd(self):
+            payload, self.message_data = b"".join(self.message_data), None
+            found = group_pattern.search(payload, 0, 64)
+            clients = members.get(int(found.group(1))) if found else None
+            if clients:
+                frame = factory.prepareMessage(payload, True).payloadHybi
+                for client in clients:
+                    client.transport.write(frame)
+
+    class Down(WebSocketServerProtocol):
+        def connectionMade(self):
+            super().connectionMade()
+            self.transport.setTcpNoDelay(True)
+
+        def onOpen(self):
+            self.sendMessage(msgpack.packb([{"T": "success", "msg": "connected"}]), True)
+
+        def onMessage(self, payload, isBinary):
+            message = json.loads(payload)
+            if message.get("action") == "auth":
+                self.sendMessage(msgpack.packb([{"T": "success", "msg": "authenticated"}]),
+                                 True)
+            elif message.get("action") == "subscribe":
+                names = message.get("trades") or []
+                group = int(re.match(r"G(\d+)S", names[0]).group(1))
+                members.setdefault(group, []).append(self)
+                wanted.append(names)
+                if upstream:
+                    upstream[0].subscribe(names)
+                self.sendMessage(msgpack.packb([{"T": "subscription", "trades": names,
+                                                 "quotes": names}]), True)
+
+        def onClose(self, wasClean, code, reason):
+            for clients in members.values():
+                if self in clients:
+                    clients.remove(self)
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Down
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    up = WebSocketClientFactory("ws://127.0.0.1:%d/v2/iex" % args.upstream_port)
+    up.protocol = Up
+    up.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    reactor.connectTCP("127.0.0.1", args.upstream_port, up)
+    print(port.getHost().port, flush=True)
     reactor.run()
 
 
@@ -284,7 +373,11 @@ def run_mode(opts, mode: str) -> dict:
     proxies: list[subprocess.Popen] = []
     port, path = gen_port, "/v2/iex"
     # "proxy": clients -> proxy -> generator; "chain": clients -> proxy -> proxy -> generator.
-    for level in range({"direct": 0, "proxy": 1, "chain": 2}[mode]):
+    if mode == "relay":
+        hop = spawn("relay", "--upstream-port", str(gen_port))
+        port = int(hop.stdout.readline())
+        proxies.append(hop)
+    for level in range({"direct": 0, "proxy": 1, "chain": 2, "relay": 0}[mode]):
         # With --record, the proxy nearest upstream records what it receives.
         extra = ["--record", opts.record] if opts.record and level == 0 else []
         proxy, port = start_proxy(port, extra)
@@ -358,10 +451,13 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("generator", "clients"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("generator", "clients", "relay"):
         role = sys.argv.pop(1)
         parser = argparse.ArgumentParser()
-        if role == "generator":
+        if role == "relay":
+            parser.add_argument("--upstream-port", type=int, required=True)
+            relay(parser.parse_args())
+        elif role == "generator":
             for name, kind in [("rate", float), ("batch", int), ("groups", int),
                                ("symbols", int), ("start", float), ("stop", float)]:
                 parser.add_argument("--" + name, type=kind, required=True)
@@ -383,9 +479,12 @@ def main() -> None:
     parser.add_argument("--layout", choices=["disjoint", "identical"], default="disjoint")
     parser.add_argument("--encodings", choices=["msgpack", "json", "mixed"], default="msgpack")
     parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--mode", choices=["both", "direct", "proxy", "chain", "levels"],
+    parser.add_argument("--mode", choices=["both", "direct", "proxy", "chain", "levels",
+                                           "relay"],
                         default="both", help="both: direct and proxy; levels: direct, proxy"
-                        " and a 2-proxy chain, with the latency each level adds")
+                        " and a 2-proxy chain, with the latency each level adds; relay: a"
+                        " minimal websocket relay in the proxy's place (forwards frames"
+                        " undecoded), the floor of a Python hop on Twisted and Autobahn")
     parser.add_argument("--client-procs", type=int, default=0,
                         help="client processes (default: one per 50 clients, at most 4)")
     parser.add_argument("--reader", choices=["full", "light"], default="full",
