@@ -27,7 +27,7 @@ from alpaca_proxy.counters import TokenBucket
 from alpaca_proxy.credentials import header_credentials
 from alpaca_proxy.interfaces import IClient
 from alpaca_proxy.logs import short
-from alpaca_proxy.net import set_no_delay
+from alpaca_proxy.net import set_no_delay, write_now, writes_through
 from alpaca_proxy.refusal import AUTH_FAILED, INTERNAL, Refused
 from alpaca_proxy.streams import Stream
 from alpaca_proxy.subscriptions import Change
@@ -228,6 +228,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._counted = True
             self.connected_at = proxy.clock.seconds()
             set_no_delay(self.transport)
+            self._write_through = writes_through(self.transport)
             self._watch_backpressure()
             self._opened()
             self._deadline = proxy.clock.callLater(proxy.auth_timeout, self._auth_timed_out)
@@ -425,6 +426,8 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- sending -----------------------------------------------------------------
 
     _backpressure: _Backpressure | None = None
+    #: Data frames may be sent at once (``net.write_now``): plain TCP, known Twisted.
+    _write_through = False
 
     def _watch_backpressure(self) -> None:
         # twisted.web's HTTPChannel stays registered as the transport's producer
@@ -493,7 +496,10 @@ class ClientProtocol(WebSocketServerProtocol):
         if self._perMessageCompress is None and not self.send_queue:
             # What Autobahn's sendPreparedMessage does, without the per-call cost of
             # formatting its debug line's arguments (a fifth of a write's time).
-            self.transport.write(frame)
+            if self._write_through:
+                write_now(self.transport, frame)
+            else:
+                self.transport.write(frame)
         else:
             self.sendPreparedMessage(prepared)
 
