@@ -136,6 +136,10 @@ class _LinkProtocol(WebSocketClientProtocol):
     def onOpen(self):
         self.factory.link._opened(self)
 
+    def dataReceived(self, data):
+        # Autobahn's formats a debug line's arguments first, at every read.
+        self._dataReceived(data)
+
     def onMessageEnd(self):
         # Autobahn's own also fires its "message" observers (none here) through a
         # Deferred per message: a tenth of a frame's cost on the way in.
