@@ -355,8 +355,11 @@ class _Json(Encoding):
 
     def frames(self, elements: Sequence[Element]) -> Iterator[bytes]:
         parts = [element.json for element in elements]
-        for run in _chunks(parts, 2, 1):
-            yield b"[" + b",".join(run) + b"]"
+        if not parts:
+            return iter(())
+        if sum(map(len, parts)) + len(parts) + 1 <= MAX_MESSAGE_BYTES:
+            return iter((b"[" + b",".join(parts) + b"]",))
+        return (b"[" + b",".join(run) + b"]" for run in _chunks(parts, 2, 1))
 
 
 class _MsgPack(Encoding):
@@ -368,8 +371,11 @@ class _MsgPack(Encoding):
 
     def frames(self, elements: Sequence[Element]) -> Iterator[bytes]:
         parts = [element.raw for element in elements]
-        for run in _chunks(parts, 5, 0):
-            yield _array_header(len(run)) + b"".join(run)
+        if not parts:
+            return iter(())
+        if sum(map(len, parts)) + 5 <= MAX_MESSAGE_BYTES:  # nearly always: one frame
+            return iter((_array_header(len(parts)) + b"".join(parts),))
+        return (_array_header(len(run)) + b"".join(run) for run in _chunks(parts, 5, 0))
 
 
 JSON: Encoding = _Json()
