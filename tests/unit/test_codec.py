@@ -64,6 +64,41 @@ class FrameTests(SynchronousTestCase):
         self.assertRaises(codec.DecodeError, codec.split_frame, msgpack.packb([1]))
         self.assertRaises(codec.DecodeError, codec.split_frame, self.frame[:-3])
 
+    def test_split_reads_type_and_symbol_without_decoding(self):
+        """T and S come from the bytes, wherever they are in the map; the map itself
+        is decoded only when asked for, and then equals upstream's."""
+        messages = [{"T": "t", "S": "AAPL", "p": 1.5}, {"x": 1, "S": "BTC/USD", "T": "o"},
+                    {"T": "n", "symbols": ["AAPL"]}]
+        elements = codec.split_frame(msgpack.packb(messages))
+        self.assertEqual([(e.kind, e.symbol) for e in elements],
+                         [("t", "AAPL"), ("o", "BTC/USD"), ("n", None)])
+        self.assertEqual([e._message for e in elements], [None, None, None])
+        self.assertEqual([e.message for e in elements], messages)
+
+    def test_odd_heads_take_the_exact_split(self):
+        """A T or S that is not text, or keys that are not text, still split exactly
+        (decoded at once); such an S routes by the message, not as a symbol."""
+        messages = [{"T": "t", "S": 5}, {"T": 7, "S": "A"}, {b"k": 1, "T": "q", "S": "B"}]
+        frame = msgpack.packb(messages, use_bin_type=True)
+        elements = codec.split_frame(frame)
+        self.assertEqual(b"\x93" + b"".join(e.raw for e in elements), frame)
+        self.assertEqual([(e.kind, e.symbol) for e in elements],
+                         [("t", None), (None, None), ("q", None)])
+        self.assertEqual(elements[2].message, {b"k": 1, "T": "q", "S": "B"})
+
+    def test_text_that_is_not_utf8_costs_only_its_message(self):
+        """The split does not decode every string: a message with a broken one still
+        goes out byte for byte, and renders as JSON with replacement characters."""
+        good = msgpack.packb({"T": "t", "S": "A", "x": "ok"})
+        broken = good[:-3] + b"\xa1\xff"  # "x": "\xff", not UTF-8
+        elements = codec.split_frame(b"\x92" + good + broken)
+        self.assertEqual([e.raw for e in elements], [good, broken])
+        self.assertEqual(orjson.loads(elements[1].json), {"T": "t", "S": "A", "x": "\ufffd"})
+
+    def test_split_rejects_trailing_bytes(self):
+        """Bytes after the frame's last element make it undecodable."""
+        self.assertRaises(codec.DecodeError, codec.split_frame, self.frame + b"\x00")
+
     def test_msgpack_frames_splice_elements(self):
         """A MessagePack batch of a subset is the elements' bytes under a new header."""
         elements = codec.split_frame(self.frame)
