@@ -229,6 +229,40 @@ class RouterTests(SynchronousTestCase):
             {self.a: [0], self.b: [0, 1]},
         )
 
+    def test_one_audience_object_per_distinct_subscriber_set(self):
+        """Symbols with the same subscribers share one audience object (so a frame's
+        messages group by identity); a change builds the affected audience anew."""
+        self.router.request(self.a, sub(trades=["AAPL", "MSFT"], quotes=["AAPL"]))
+        self.router.request(self.b, sub(trades=["TSLA"]))
+        aapl = self.router.audience("trades", "AAPL")
+        self.assertEqual(aapl, {self.a})
+        self.assertIs(self.router.audience("trades", "MSFT"), aapl)
+        self.assertIs(self.router.audience("quotes", "AAPL"), aapl)
+        self.assertEqual(self.router.audience("trades", "TSLA"), {self.b})
+        self.assertEqual(self.router.audience("trades", "NVDA"), frozenset())
+        self.router.request(self.b, sub(trades=["AAPL"]))
+        self.assertEqual(self.router.audience("trades", "AAPL"), {self.a, self.b})
+        self.assertEqual(self.router.audience("trades", "MSFT"), {self.a})
+        self.router.request(self.b, sub(trades=["*"]))
+        self.assertEqual(self.router.audience("trades", "MSFT"), {self.a, self.b})
+        self.router.request(self.b, unsub(trades=["*", "AAPL"]))
+        self.assertEqual(self.router.audience("trades", "MSFT"), {self.a})
+        self.router.detach(self.a)
+        self.assertEqual(self.router.audience("trades", "AAPL"), frozenset())
+
+    def test_audiences_kept_stay_bounded(self):
+        """Symbols nobody wants are not kept; distinct sets are forgotten with churn."""
+        for n in range(500):
+            self.router.audience("trades", "X%d" % n)
+        self.assertEqual(self.router.audiences.get("trades", {}), {})
+        for n in range(300):
+            self.router.request(self.a, sub(trades=["S%d" % n]))
+            self.router.audience("trades", "S0")
+            self.router.request(self.b, sub(trades=["S0"]))
+            self.router.audience("trades", "S0")
+            self.router.request(self.b, unsub(trades=["S0"]))
+        self.assertLess(len(self.router._distinct), 100)
+
     def test_keys_of(self):
         """keys_of lists (channel, symbol) pairs."""
         self.assertEqual(
