@@ -81,6 +81,9 @@ class Proxy:
     replay: Any = None
     #: The cluster bus (``cluster.bus.Bus``) with --bus, or None.
     bus: Any = None
+    #: Data frames waiting for the end of the reactor turn
+    #: (``downstream.outbox.Outbox``); None: clients write through Twisted's buffer.
+    outbox: Any = None
     #: Every connected client (``interfaces.IClient``), for limits, pages and shutdown.
     clients: set = field(factory=set)
     #: Connected clients per IP address.

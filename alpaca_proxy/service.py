@@ -24,6 +24,7 @@ from alpaca_proxy.downstream.alpaca_data import AlpacaDataProtocol
 from alpaca_proxy.downstream.alpaca_trading import TradingProtocol
 from alpaca_proxy.downstream.client import ClientFactory
 from alpaca_proxy.downstream.polygon import PolygonProtocol
+from alpaca_proxy.downstream.outbox import Outbox
 from alpaca_proxy.options import Options
 from alpaca_proxy.proxy import DEFAULT_HEALTH_GRACE, Limits, Proxy
 from alpaca_proxy.recording.player import Player
@@ -211,7 +212,7 @@ def build(settings: Settings, reactor: Any, clock: Any = None, disk: Any = None)
                   auth_timeout=settings.auth_timeout, origins=settings.origins,
                   health_grace=settings.health_grace, hosts=settings.hosts,
                   access_log=settings.access_log, simulated=settings.simulated,
-                  recorder=recorder, replay=player, bus=bus)
+                  recorder=recorder, replay=player, bus=bus, outbox=Outbox(reactor))
     rest = RestForwarder(proxy, reactor, settings.data_rest_url, settings.trading_rest_url,
                          rate=settings.rest_rate, queue_timeout=settings.rest_queue_timeout,
                          timeout=settings.rest_timeout, trust_root=settings.trust_root,

@@ -228,7 +228,8 @@ class ClientProtocol(WebSocketServerProtocol):
             self._counted = True
             self.connected_at = proxy.clock.seconds()
             set_no_delay(self.transport)
-            self._write_through = writes_through(self.transport)
+            if proxy.outbox is not None and writes_through(self.transport):
+                self._outbox = proxy.outbox
             self._watch_backpressure()
             self._opened()
             self._deadline = proxy.clock.callLater(proxy.auth_timeout, self._auth_timed_out)
@@ -426,8 +427,21 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- sending -----------------------------------------------------------------
 
     _backpressure: _Backpressure | None = None
-    #: Data frames may be sent at once (``net.write_now``): plain TCP, known Twisted.
-    _write_through = False
+    #: Where data frames wait for the end of the turn (``outbox``), if this
+    #: connection can send them itself (``net.writes_through``); else None.
+    _outbox: Any = None
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Send data frames that waited in the outbox, in one ``send`` if it can."""
+        write_now(self.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # Every other write (acks, errors, pings, close) goes behind waiting data.
+        if self._outbox is not None:
+            frames = self._outbox.take(self)
+            if frames:
+                self.write_frames(frames)
+        super().sendData(data, sync, chopsize)
 
     def _watch_backpressure(self) -> None:
         # twisted.web's HTTPChannel stays registered as the transport's producer
@@ -496,8 +510,8 @@ class ClientProtocol(WebSocketServerProtocol):
         if self._perMessageCompress is None and not self.send_queue:
             # What Autobahn's sendPreparedMessage does, without the per-call cost of
             # formatting its debug line's arguments (a fifth of a write's time).
-            if self._write_through:
-                write_now(self.transport, frame)
+            if self._outbox is not None:
+                self._outbox.put(self, frame)
             else:
                 self.transport.write(frame)
         else:

@@ -7,6 +7,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import TestCase
 
 from alpaca_proxy.net import write_now, writes_through
+from tests.support import Harness
 
 
 class Sink(protocol.Protocol):
@@ -82,3 +83,22 @@ class WriteNowTests(TestCase):
     def test_only_plain_tcp_connections(self):
         """Anything but a plain TCP transport (TLS, tests' fakes) writes as usual."""
         self.assertFalse(writes_through(StringTransport()))
+
+
+class OutboxOrderTests(TestCase):
+    @defer.inlineCallbacks
+    def test_data_waiting_for_the_turn_goes_before_a_later_ack(self):
+        """A data frame held for the end of the turn is sent before anything the
+        client is sent after it in the same turn (an ack, an error, a close)."""
+        harness = yield Harness(self).start()
+        client = yield harness.login()
+        [server] = list(harness.proxy.clients)
+        self.assertIsNotNone(server._outbox)
+        server.send_prepared(server.prepare(b'[{"T":"t","S":"AAPL","i":1}]', False))
+        server.sendMessage(b'[{"T":"subscription","trades":[]}]', False)
+        server.send_prepared(server.prepare(b'[{"T":"t","S":"AAPL","i":2}]', False))
+        frames = []
+        for _ in range(3):
+            frames.append((yield client.next()))
+        self.assertEqual([frame[0].get("i", frame[0]["T"]) for frame in frames],
+                         [1, "subscription", 2])
