@@ -151,7 +151,8 @@ def relay(args) -> None:
     subscribes once upstream and forwards every upstream frame, untouched and
     undecoded, to the clients of the frame's group (read from the first message's
     symbol with one regular expression): one Autobahn frame parse in, one prepared
-    frame written per client out.  What the proxy costs beyond this is its own.
+    frame sent per client out (``net.write_now``: one ``send`` each, as the
+    proxy's outbox does).  What the proxy costs beyond this is its own.
     """
     import re
 
@@ -159,6 +160,8 @@ def relay(args) -> None:
     from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientProtocol,
                                             WebSocketServerFactory, WebSocketServerProtocol)
     from twisted.internet import reactor
+
+    from alpaca_proxy.net import write_now
 
     group_pattern = re.compile(rb"\xa1S[\xa0-\xbf]G(\d+)S")
     members: dict[int, list] = {}
@@ -187,7 +190,7 @@ def relay(args) -> None:
             if clients:
                 frame = factory.prepareMessage(payload, True).payloadHybi
                 for client in clients:
-                    client.transport.write(frame)
+                    write_now(client.transport, frame)
 
     class Down(WebSocketServerProtocol):
         def connectionMade(self):
