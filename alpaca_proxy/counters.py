@@ -52,6 +52,8 @@ class ProxyStats:
 class TokenBucket:
     """A token bucket on an injected clock: ``rate`` tokens a second, bursts of two seconds'."""
 
+    __slots__ = ("_clock", "_rate", "_capacity", "_tokens", "_stamp")  # one per client
+
     def __init__(self, clock: Any, rate: float) -> None:
         self._clock, self._rate = clock, rate
         self._capacity = self._tokens = max(1.0, 2 * rate)

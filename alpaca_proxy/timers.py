@@ -15,6 +15,8 @@ from typing import Any, Callable
 class _Call:
     """A delayed call whose ``cancel`` is safe after it ran (Autobahn relies on that)."""
 
+    __slots__ = ("_call",)  # one per connection and timer: no attribute table
+
     def __init__(self, call: Any) -> None:
         self._call = call
 
