@@ -164,8 +164,6 @@ def build(opts):
             "quotes": [symbol(group, k) for k in range(opts.symbols)]}))
         clock.advance(0.01)
         transports.append(transport)
-    for pending in list(session.router.clients):
-        pass
     # The router sent the union upstream; a real upstream acks it.
     session.acked(set(session.router.wanted))
     clock.advance(0.01)
