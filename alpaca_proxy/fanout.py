@@ -49,14 +49,24 @@ def deliver(elements: Sequence[codec.Element],
         shares: Iterable[tuple[Sequence[int], Iterable[Any]]] = [
             (positions, members) for members, positions in audiences.items()]
     else:
+        # A client in several audiences gets their positions gathered, then sorted
+        # and made unique once (a wildcard client may be in every audience).
         wants: dict[Any, list[int]] = {}
+        merged: set[Any] = set()
         for members, positions in audiences.items():
             for client in members:
                 had = wants.get(client)
-                wants[client] = positions if had is None else sorted({*had, *positions})
+                if had is None:
+                    wants[client] = positions
+                elif client in merged:
+                    had.extend(positions)
+                else:
+                    wants[client] = had + positions  # a copy: the audience's list is shared
+                    merged.add(client)
         grouped: dict[tuple[int, ...], list[Any]] = {}
         for client, positions in wants.items():
-            grouped.setdefault(tuple(positions), []).append(client)
+            key = tuple(sorted(set(positions))) if client in merged else tuple(positions)
+            grouped.setdefault(key, []).append(client)
         shares = grouped.items()
     messages = size = 0
     for positions, clients in shares:
@@ -66,8 +76,8 @@ def deliver(elements: Sequence[codec.Element],
             if encoding is not None:  # None: another node (--bus), it has the frame
                 by_encoding.setdefault(encoding, []).append(client)
         count = len(positions)
+        subset = [elements[i] for i in positions]
         for encoding, receivers in by_encoding.items():
-            subset = [elements[i] for i in positions]
             for payload in encoding.frames(subset):
                 prepared = receivers[0].prepare(payload, encoding.binary)
                 for client in receivers:

@@ -57,6 +57,19 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(messages, 9)
         self.assertEqual(size, sum(len(p) for x in (a, b, c) for p in x.payloads))
 
+    def test_a_client_in_every_audience_gets_the_whole_frame_in_order(self):
+        """A wildcard client shares each message's audience with that message's own
+        subscriber: it gets all of them once, in order; each other client its own."""
+        messages = [{"T": "t", "S": "S%d" % n, "i": n} for n in range(300)]
+        elements = codec.split_frame(msgpack.packb(messages))
+        wildcard = Client("*")
+        singles = [Client(str(n)) for n in range(300)]
+        audiences = {frozenset({wildcard, single}): [n] for n, single in enumerate(singles)}
+        fanout.deliver(elements, dict(reversed(audiences.items())))
+        self.assertEqual(self.received(wildcard), messages)
+        self.assertEqual([self.received(c) for c in singles[:3]], [[m] for m in messages[:3]])
+        self.assertEqual(list(audiences.values())[:2], [[0], [1]])  # shared lists untouched
+
     def test_one_encoded_frame_per_audience_and_encoding(self):
         """Everyone wanting the same messages in the same encoding shares one frame."""
         readers = [Client(str(n)) for n in range(50)] + [Client("j", codec.JSON)]
